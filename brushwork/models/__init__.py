@@ -1,0 +1,1 @@
+"""Finding, detecting, loading and caching the models a recipe names."""
