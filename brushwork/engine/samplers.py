@@ -74,7 +74,14 @@ def sampler_name_from_parts(sampler: str, schedule_type: str | None) -> str:
     return sampler
 
 
-def make_scheduler(name: str, base_config: dict[str, Any]) -> SchedulerMixin:
-    """A fresh scheduler for one job: the model's noise schedule with the sampler's algorithm."""
+def make_scheduler(name: str, base_config: dict[str, Any], seed: int) -> SchedulerMixin:
+    """A fresh scheduler for one job: the model's noise schedule with the sampler's algorithm.
+
+    `seed` matters only to DPM++ SDE, which draws its noise from a Brownian tree seeded once per
+    batch rather than from the per-image generators.
+    """
     spec = SAMPLERS[name]
-    return spec.scheduler.from_config(base_config, **spec.options)
+    options = dict(spec.options)
+    if spec.scheduler is DPMSolverSDEScheduler:
+        options["noise_sampler_seed"] = seed
+    return spec.scheduler.from_config(base_config, **options)

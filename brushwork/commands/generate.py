@@ -1,0 +1,119 @@
+"""`brushwork generate`: flags or a PNG's recipe -> Recipe -> Engine -> PNGs on disk."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+
+import torch
+from tqdm import tqdm
+
+from pathlib import Path
+
+from brushwork.commands.common import add_model_options
+from brushwork.errors import BrushworkError
+from brushwork.output import next_output_path, read_png_info, save_png
+from brushwork.recipe import Recipe
+
+RECIPE_FLAGS = (
+    "prompt", "negative_prompt", "model", "vae", "sampler", "steps", "cfg_scale", "seed",
+    "width", "height", "batch_size", "batch_count", "clip_skip",
+)
+
+
+def add_parser(subparsers) -> None:
+    generate = subparsers.add_parser("generate", help="paint pictures from a prompt (txt2img)")
+    generate.add_argument("prompt", nargs="?", default=None, help="the prompt, in A1111 syntax")
+    generate.add_argument("-n", "--negative-prompt", dest="negative_prompt", default=None)
+    generate.add_argument("--model", default=None, help="checkpoint file, diffusers folder, or a name in --models-dir")
+    generate.add_argument("--vae", default=None, help="a VAE file (or name in VAE/) overriding the checkpoint's")
+    generate.add_argument("--sampler", default=None, help="A1111 sampler name, e.g. 'Euler a', 'DPM++ 2M Karras'")
+    generate.add_argument("--steps", type=int, default=None)
+    generate.add_argument("--cfg-scale", dest="cfg_scale", type=float, default=None)
+    generate.add_argument("--seed", type=int, default=None, help="-1 (default) draws a random seed")
+    generate.add_argument("-W", "--width", type=int, default=None)
+    generate.add_argument("-H", "--height", type=int, default=None)
+    generate.add_argument("--batch-size", dest="batch_size", type=int, default=None, help="images per pass")
+    generate.add_argument("--batch-count", dest="batch_count", type=int, default=None, help="passes")
+    generate.add_argument("--clip-skip", dest="clip_skip", type=int, default=None)
+    generate.add_argument("--from-png", dest="from_png", type=Path, default=None, help="re-make the picture in this PNG")
+    generate.add_argument("-o", "--output-dir", dest="output_dir", type=Path, default=Path("outputs"))
+    add_model_options(generate)
+    generate.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    generate.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    generate.set_defaults(run=run)
+
+
+def recipe_from_args(args: argparse.Namespace) -> tuple[Recipe, int | None]:
+    """The Recipe the flags describe, and which image of it to make (only for --from-png)."""
+    given = {name: getattr(args, name) for name in RECIPE_FLAGS if getattr(args, name) is not None}
+    if args.from_png is None:
+        if "prompt" not in given:
+            raise BrushworkError("give a prompt, e.g. brushwork generate \"a red circle on a blue background\"")
+        return Recipe(**given), None
+    base, index = recipe_from_png(args.from_png)
+    # Flags given next to --from-png override the stored recipe (e.g. where the model lives now).
+    return Recipe(**(base.model_dump() | given)), index
+
+
+def recipe_from_png(path) -> tuple[Recipe, int | None]:
+    infotext, recipe_json = read_png_info(path)
+    if recipe_json is not None:
+        stored = json.loads(recipe_json)
+        return Recipe(**stored["recipe"]), stored["index"]
+    if infotext is None:
+        raise BrushworkError(f"{path} carries no generation parameters")
+    from brushwork.infotext import parse_infotext
+
+    recipe, _ = parse_infotext(infotext)
+    return recipe, None
+
+
+def run(args: argparse.Namespace) -> int:
+    from brushwork.engine.engine import Engine
+    from brushwork.models.store import ModelStore
+
+    recipe, only_index = recipe_from_args(args)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    store = ModelStore(args.models_dir, device=device, allow_pickle=args.allow_pickle, allow_paths=True)
+    engine = Engine(store)
+    only_batch = None if only_index is None else only_index // recipe.batch_size
+
+    stop = threading.Event()
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: _request_stop(stop))
+    bar = None
+
+    def on_progress(progress) -> None:
+        nonlocal bar
+        if not args.progress:
+            return
+        if bar is None:
+            bar = tqdm(total=progress.total * progress.batch_count, unit="step", file=sys.stderr, dynamic_ncols=True)
+        bar.n = progress.batch * progress.total + progress.step
+        bar.refresh()
+
+    saved = []
+    try:
+        for generated in engine.generate(recipe, on_progress=on_progress, should_stop=stop.is_set, only_batch=only_batch):
+            if only_index is not None and generated.index != only_index:
+                continue
+            path = next_output_path(args.output_dir, seed=generated.seed, prompt=recipe.prompt)
+            save_png(generated.image, path, infotext=generated.infotext, recipe_json=generated.recipe_json)
+            saved.append(path)
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+        if bar is not None:
+            bar.close()
+        for path in saved:
+            print(path)
+    return 0
+
+
+def _request_stop(stop: threading.Event) -> None:
+    """First Ctrl-C: stop after the current step. A second one interrupts at once."""
+    if stop.is_set():
+        raise KeyboardInterrupt
+    stop.set()

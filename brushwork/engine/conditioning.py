@@ -1,0 +1,138 @@
+"""Prompt text -> the U-Net's cross-attention context, with A1111's semantics.
+
+Stage 2 of the engine: emphasis weights, 75-token chunks, BREAK, CLIP skip, prompt editing and
+alternation (a schedule of contexts over the steps), and SDXL's two encoders with pooled embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from brushwork.models.components import Components
+from brushwork.prompts import PromptChunk, build_chunks, get_schedule
+
+
+@dataclass
+class Conditioning:
+    """One prompt's encoding: `context` [1, 77*chunks, dim]; `pooled` [1, dim] for SDXL only."""
+
+    context: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+
+@dataclass
+class ScheduledConditioning:
+    """Which Conditioning applies at each sampling step (1-based), as prompt editing asks."""
+
+    schedule: list[tuple[int, Conditioning]]  # (last step it applies to, conditioning)
+
+    def at(self, step: int) -> Conditioning:
+        for end_step, conditioning in self.schedule:
+            if step <= end_step:
+                return conditioning
+        return self.schedule[-1][1]
+
+
+class PromptEncoder:
+    """Encodes prompts for one model and one CLIP-skip setting; caches per prompt text within a job."""
+
+    def __init__(self, components: Components, clip_skip: int, device: torch.device, dtype: torch.dtype):
+        self.components = components
+        self.clip_skip = clip_skip
+        self.device = device
+        self.dtype = dtype
+        self._cache: dict[str, Conditioning] = {}
+
+    def encode_pair(self, positive: str, negative: str, steps: int) -> tuple[ScheduledConditioning, ScheduledConditioning]:
+        """Both prompts' schedules, every entry padded to the same chunk count so they batch for CFG."""
+        pos_schedule = get_schedule(positive, steps)
+        neg_schedule = get_schedule(negative, steps)
+        texts = list(dict.fromkeys(text for _, text in pos_schedule + neg_schedule))
+        chunk_lists = {text: self._chunks(text) for text in texts}
+        longest = max(len(chunks[0]) for chunks in chunk_lists.values())
+        for text, per_tokenizer in chunk_lists.items():
+            chunk_lists[text] = [self._pad_to(chunks, longest, index) for index, chunks in enumerate(per_tokenizer)]
+        zero_negative = self.components.family == "sdxl" and negative == ""
+        encoded = {text: self._encode(chunk_lists[text], zeroed=zero_negative and text == "") for text in texts}
+        pos = ScheduledConditioning([(end, encoded[text]) for end, text in pos_schedule])
+        neg = ScheduledConditioning([(end, encoded[text]) for end, text in neg_schedule])
+        return pos, neg
+
+    # -- chunking ---------------------------------------------------------------------------------
+
+    def _chunks(self, text: str) -> list[list[PromptChunk]]:
+        """The prompt's chunks for each tokenizer (SDXL's two differ only in their padding id)."""
+        result = []
+        for tokenizer in self.components.tokenizers:
+            vocab = tokenizer.get_vocab()
+            result.append(
+                build_chunks(
+                    text,
+                    lambda pieces, tok=tokenizer: tok(pieces, add_special_tokens=False, truncation=False).input_ids,
+                    bos_id=tokenizer.bos_token_id,
+                    eos_id=tokenizer.eos_token_id,
+                    pad_id=tokenizer.pad_token_id,
+                    comma_id=vocab.get(",</w>"),
+                )
+            )
+        return result
+
+    def _pad_to(self, chunks: list[PromptChunk], count: int, tokenizer_index: int) -> list[PromptChunk]:
+        """A1111 pads the shorter prompt with encodings of the empty prompt."""
+        empty = self._chunks("")[tokenizer_index][0]
+        return chunks + [empty] * (count - len(chunks))
+
+    # -- encoding ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _encode(self, per_tokenizer: list[list[PromptChunk]], zeroed: bool) -> Conditioning:
+        key = repr([[c.tokens + c.weights for c in chunks] for chunks in per_tokenizer]) + str(zeroed)
+        if key in self._cache:
+            return self._cache[key]
+        contexts, pooled = [], None
+        for encoder, chunks in zip(self.components.text_encoders, per_tokenizer):
+            ids = torch.tensor([c.tokens for c in chunks], device=self.device)
+            weights = torch.tensor([c.weights for c in chunks], device=self.device, dtype=torch.float32)
+            output = encoder(ids, output_hidden_states=True)
+            hidden = self._pick_layer(encoder, output)
+            contexts.append(_apply_emphasis(hidden.float(), weights))
+            if hasattr(output, "text_embeds"):
+                # A1111 and diffusers take SDXL's pooled embedding from the first chunk only.
+                pooled = output.text_embeds[:1]
+        # Chunks lie end to end along the token axis; SDXL's encoders side by side along features.
+        context = torch.cat(contexts, dim=-1).reshape(1, -1, sum(c.shape[-1] for c in contexts))
+        conditioning = Conditioning(context.to(self.dtype), None if pooled is None else pooled.to(self.dtype))
+        if zeroed:
+            # SDXL was trained with zeros, not the encoding of "", as the unconditional input.
+            conditioning = Conditioning(torch.zeros_like(conditioning.context), torch.zeros_like(conditioning.pooled))
+        self._cache[key] = conditioning
+        return conditioning
+
+    def _pick_layer(self, encoder, output) -> torch.Tensor:
+        """A1111's CLIP skip: layer `-clip_skip` of the text model, through the final layer norm.
+
+        SDXL always reads the penultimate layer without the final norm (as it was trained), and CLIP
+        skip counts on from there.
+        """
+        if self.components.family == "sdxl":
+            return output.hidden_states[-(self.clip_skip + 1)]
+        if self.clip_skip == 1:
+            return output.last_hidden_state
+        hidden = output.hidden_states[-self.clip_skip]
+        # transformers 5 flattened CLIPTextModel; the projection variant still nests `text_model`.
+        return getattr(encoder, "text_model", encoder).final_layer_norm(hidden)
+
+
+def _apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Scale each token's embedding by its weight, then restore each chunk's mean, as A1111 does.
+
+    Restoring the mean keeps the overall magnitude the U-Net expects, so emphasis shifts attention
+    between tokens instead of making the whole prompt louder.
+    """
+    if bool((weights == 1.0).all()):
+        return hidden
+    original_mean = hidden.mean(dim=(1, 2), keepdim=True)
+    hidden = hidden * weights.unsqueeze(-1)
+    return hidden * (original_mean / hidden.mean(dim=(1, 2), keepdim=True))

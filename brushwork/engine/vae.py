@@ -1,0 +1,48 @@
+"""Stage 6: latents -> pictures, and the cheap live preview."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+from PIL import Image
+
+# Least-squares fits of latent channels to RGB, as A1111's "Approx cheap" preview uses: a 4×3 matrix
+# multiply instead of a VAE decode, good enough to watch a picture form.
+_SD_LATENT_RGB = torch.tensor(
+    [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]]
+)
+_SDXL_LATENT_RGB = torch.tensor(
+    [[0.3920, 0.4054, 0.4549], [-0.2634, -0.0196, 0.0653], [0.0568, 0.1687, -0.0755], [-0.3112, -0.2359, -0.2076]]
+)
+
+
+@torch.no_grad()
+def decode(vae: AutoencoderKL, latents: torch.Tensor) -> list[Image.Image]:
+    """Decode one image at a time, so peak memory does not grow with the batch."""
+    images = []
+    for latent in latents.split(1):
+        latent = latent.to(vae.dtype) / vae.config.scaling_factor
+        if getattr(vae.config, "shift_factor", None):
+            latent = latent + vae.config.shift_factor
+        pixels = vae.decode(latent).sample
+        images.append(to_pil(pixels)[0])
+    return images
+
+
+def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
+    """[-1, 1] float pixels [B, 3, H, W] -> 8-bit RGB pictures (rounded as A1111 and diffusers do)."""
+    array = ((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).round()
+    array = array.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
+
+
+def preview(latents: torch.Tensor, family: str) -> Image.Image:
+    """A small RGB approximation of the first image's latents, for live progress."""
+    factors = _SDXL_LATENT_RGB if family == "sdxl" else _SD_LATENT_RGB
+    latent = latents[0].float().cpu()
+    if latent.shape[0] != factors.shape[0]:
+        latent = latent[: factors.shape[0]]
+    rgb = torch.einsum("chw,cr->hwr", latent, factors)
+    array = ((rgb + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
+    return Image.fromarray(array)

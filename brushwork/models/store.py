@@ -1,0 +1,222 @@
+"""ModelStore: find, load, cache and free models under one memory budget.
+
+Folders follow A1111's layout, so an existing install works as it is:
+`Stable-diffusion/`, `VAE/`, `Lora/`, `ControlNet/`, `embeddings/`, `ESRGAN/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKL
+from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+from brushwork.errors import ModelLoadError
+from brushwork.models.components import Components
+from brushwork.models.diffusers_folder import load_diffusers_folder
+from brushwork.models.hashing import HashCache
+from brushwork.models.single_file import load_single_file, read_state_dict
+
+log = logging.getLogger(__name__)
+
+FOLDERS = {
+    "checkpoint": "Stable-diffusion",
+    "vae": "VAE",
+    "lora": "Lora",
+    "controlnet": "ControlNet",
+    "embedding": "embeddings",
+    "upscaler": "ESRGAN",
+}
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+EMBEDDED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "default-model" / "brushwork-shapes.safetensors"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    kind: str
+    name: str  # the path below its folder, as A1111 shows it ("sub/model.safetensors")
+    path: Path
+
+    @property
+    def is_diffusers_folder(self) -> bool:
+        return self.path.is_dir()
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    path: Path
+    short_hash: str
+    components: Components
+    vae_name: str | None = None
+    vae_short_hash: str | None = None
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "brushwork"
+
+
+class ModelStore:
+    """Loads models by name or path and keeps at most `max_loaded` of them in memory (LRU).
+
+    Names resolve only inside the models folder; paths outside it are accepted only when
+    `allow_paths` is set (the CLI sets it, the server does not).
+    """
+
+    def __init__(
+        self,
+        models_dir: Path | str | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        allow_pickle: bool = False,
+        allow_paths: bool = False,
+        max_loaded: int = 1,
+        hash_cache: Path | None = None,
+    ):
+        self.models_dir = Path(models_dir).resolve() if models_dir else None
+        self.device = torch.device(device)
+        self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
+        self.allow_pickle = allow_pickle
+        self.allow_paths = allow_paths
+        self.max_loaded = max_loaded
+        self.hashes = HashCache(hash_cache if hash_cache is not None else default_cache_dir() / "hashes.json")
+        self._loaded: OrderedDict[tuple[Path, Path | None], LoadedModel] = OrderedDict()
+        self._lock = threading.RLock()
+
+    # -- finding ----------------------------------------------------------------------------------
+
+    def entries(self, kind: str) -> list[ModelEntry]:
+        """Every model of one kind in the models folder, sorted by name."""
+        if self.models_dir is None:
+            return []
+        folder = self.models_dir / FOLDERS[kind]
+        if not folder.is_dir():
+            return []
+        found = []
+        for path in sorted(folder.rglob("*")):
+            is_weights = path.is_file() and path.suffix.lower() in WEIGHT_SUFFIXES
+            is_diffusers = path.is_dir() and (path / "model_index.json").is_file()
+            inside_diffusers = any((parent / "model_index.json").is_file() for parent in path.parents)
+            if (is_weights or is_diffusers) and not inside_diffusers:
+                found.append(ModelEntry(kind, path.relative_to(folder).as_posix(), path))
+        return found
+
+    def resolve(self, kind: str, name: str) -> Path:
+        """The file or folder a model name means; raises ModelLoadError with the choices if none."""
+        candidate = Path(name).expanduser()
+        if self.allow_paths and candidate.exists():
+            return candidate.resolve()
+        entries = self.entries(kind)
+        wanted = _strip_hash_suffix(name)
+        for entry in entries:
+            if wanted in (entry.name, Path(entry.name).stem, Path(entry.name).name, entry.path.stem):
+                return self._inside_models_dir(entry.path, name)
+        available = ", ".join(e.name for e in entries) or "none"
+        where = self.models_dir / FOLDERS[kind] if self.models_dir else "no --models-dir given"
+        if self.allow_paths:
+            raise ModelLoadError(f"{kind} {name!r} not found: no such file, and not in {where} (available: {available})")
+        raise ModelLoadError(f"{kind} {name!r} not found in {where} (available: {available})")
+
+    def _inside_models_dir(self, path: Path, name: str) -> Path:
+        resolved = path.resolve()
+        if self.models_dir is None or not resolved.is_relative_to(self.models_dir):
+            raise ModelLoadError(f"model name {name!r} points outside the models folder")
+        return resolved
+
+    def default_checkpoint(self) -> Path:
+        """A1111 picks the first checkpoint in the folder; with none, the embedded model."""
+        entries = self.entries("checkpoint")
+        if entries:
+            return entries[0].path.resolve()
+        if EMBEDDED_MODEL.exists():
+            return EMBEDDED_MODEL
+        raise ModelLoadError("no model given and none found: pass --model PATH or --models-dir DIR")
+
+    # -- loading ----------------------------------------------------------------------------------
+
+    def load(self, name: str | None, vae: str | None = None) -> LoadedModel:
+        """The named checkpoint (with an optional VAE override), from the cache when already loaded."""
+        path = self.resolve("checkpoint", name) if name else self.default_checkpoint()
+        vae_path = self.resolve("vae", vae) if vae else None
+        key = (path, vae_path)
+        with self._lock:
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+                return self._loaded[key]
+            base = next((m for (p, _), m in self._loaded.items() if p == path), None)
+            components = base.components if base else self._load_components(path)
+            self._make_room()
+            model = LoadedModel(
+                name=self._display_name(path, "checkpoint"),
+                path=path,
+                short_hash=self.hashes.short_hash(path),
+                components=components,
+            )
+            if vae_path is not None:
+                # A new VAE module: the cached checkpoint's own VAE is never modified.
+                model.components = dataclasses.replace(components, vae=self._load_vae(vae_path, components.vae))
+                model.vae_name = self._display_name(vae_path, "vae")
+                model.vae_short_hash = self.hashes.short_hash(vae_path)
+            self._loaded[key] = model
+            return model
+
+    def unload_all(self) -> None:
+        with self._lock:
+            self._loaded.clear()
+            _free_memory()
+
+    def _make_room(self) -> None:
+        while len(self._loaded) >= self.max_loaded:
+            evicted_key, _ = self._loaded.popitem(last=False)
+            log.info("unloading %s", evicted_key[0])
+            _free_memory()
+
+    def _load_components(self, path: Path) -> Components:
+        log.info("loading %s", path)
+        if path.is_dir():
+            components = load_diffusers_folder(path, dtype=self.dtype, device=self.device)
+        else:
+            components = load_single_file(path, allow_pickle=self.allow_pickle, dtype=self.dtype, device=self.device)
+        return components
+
+    def _load_vae(self, path: Path, like: AutoencoderKL) -> AutoencoderKL:
+        """A VAE file (ldm or diffusers key layout) loaded into the checkpoint's VAE architecture."""
+        state = read_state_dict(path, allow_pickle=self.allow_pickle)
+        if any(key.startswith(("encoder.down.", "first_stage_model.", "vae.")) for key in state):
+            state = convert_ldm_vae_checkpoint(state, like.config)
+        with init_empty_weights():
+            vae = AutoencoderKL.from_config(like.config)
+        try:
+            vae.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as error:
+            raise ModelLoadError(f"{path.name} is not a VAE for this model: {str(error).splitlines()[0]}") from None
+        return vae.to(device=self.device, dtype=self.dtype).eval()
+
+    def _display_name(self, path: Path, kind: str) -> str:
+        if self.models_dir is not None and path.is_relative_to(self.models_dir / FOLDERS[kind]):
+            return Path(path.relative_to(self.models_dir / FOLDERS[kind]).as_posix()).stem
+        return path.stem if path.is_file() else path.name
+
+
+def _strip_hash_suffix(name: str) -> str:
+    """A1111 titles read "model.safetensors [6ce0161689]"; the name is the part before the hash."""
+    if name.endswith("]") and " [" in name:
+        return name.rsplit(" [", 1)[0]
+    return name
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
