@@ -120,7 +120,8 @@ class ModelStore:
         entries = self.entries(kind)
         wanted = _strip_hash_suffix(name)
         for entry in entries:
-            if wanted in (entry.name, Path(entry.name).stem, Path(entry.name).name, entry.path.stem):
+            relative = Path(entry.name)
+            if wanted in (entry.name, relative.with_suffix("").as_posix(), relative.name, relative.stem):
                 return self._inside_models_dir(entry.path, name)
         available = ", ".join(e.name for e in entries) or "none"
         where = self.models_dir / FOLDERS[kind] if self.models_dir else "no --models-dir given"
@@ -195,17 +196,18 @@ class ModelStore:
         state = read_state_dict(path, allow_pickle=self.allow_pickle)
         if any(key.startswith(("encoder.down.", "first_stage_model.", "vae.")) for key in state):
             state = convert_ldm_vae_checkpoint(state, like.config)
+        state = {key: value.to(self.dtype) for key, value in state.items()}
         with init_empty_weights():
             vae = AutoencoderKL.from_config(like.config)
         try:
             vae.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as error:
             raise ModelLoadError(f"{path.name} is not a VAE for this model: {str(error).splitlines()[0]}") from None
-        return vae.to(device=self.device, dtype=self.dtype).eval()
+        return vae.to(self.device).eval()
 
     def _display_name(self, path: Path, kind: str) -> str:
         if self.models_dir is not None and path.is_relative_to(self.models_dir / FOLDERS[kind]):
-            return Path(path.relative_to(self.models_dir / FOLDERS[kind]).as_posix()).stem
+            return path.relative_to(self.models_dir / FOLDERS[kind]).with_suffix("").as_posix()
         return path.stem if path.is_file() else path.name
 
 
