@@ -8,7 +8,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Tiny models gain nothing from threads, and OpenMP threads oversubscribed on a busy 2-core machine
+# slow every forward down a thousandfold.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

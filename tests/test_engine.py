@@ -144,3 +144,13 @@ def test_long_prompts_and_clip_skip(checkpoints):
     skip_image = engine.run(recipe.model_copy(update={"clip_skip": 2})).images[0].image
     assert not np.array_equal(_pixels(long_image), _pixels(skip_image))
     assert "Clip skip: 2" in engine.run(recipe.model_copy(update={"clip_skip": 2})).images[0].infotext
+
+
+@pytest.mark.parametrize("sampler", sorted(__import__("brushwork.engine.samplers", fromlist=["SAMPLERS"]).SAMPLERS))
+def test_every_sampler_makes_a_picture(checkpoints, sampler):
+    path, _ = checkpoints["sd1"]
+    engine = _engine()
+    recipe = Recipe(prompt=PROMPT, model=str(path), sampler=sampler, steps=3, seed=11, width=32, height=32)
+    first = _pixels(engine.run(recipe).images[0].image)
+    assert first.shape == (32, 32, 3) and first.std() > 1
+    assert np.array_equal(first, _pixels(engine.run(recipe).images[0].image))  # seeded: reproducible
