@@ -7,10 +7,6 @@ import json
 import signal
 import sys
 import threading
-
-import torch
-from tqdm import tqdm
-
 from pathlib import Path
 
 from brushwork.commands.common import add_model_options
@@ -73,6 +69,9 @@ def recipe_from_png(path) -> tuple[Recipe, int | None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
     from brushwork.engine.engine import Engine
     from brushwork.models.store import ModelStore
 
