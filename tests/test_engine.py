@@ -154,3 +154,29 @@ def test_every_sampler_makes_a_picture(checkpoints, sampler):
     first = _pixels(engine.run(recipe).images[0].image)
     assert first.shape == (32, 32, 3) and first.std() > 1
     assert np.array_equal(first, _pixels(engine.run(recipe).images[0].image))  # seeded: reproducible
+
+
+def test_inpainting_checkpoint_does_txt2img_like_diffusers_inpaint_pipeline(tmp_path):
+    """A1111 paints with a 9-channel model in txt2img by masking everything over a grey picture;
+    diffusers' inpaint pipeline with an all-white mask at strength 1 is the same computation."""
+    from PIL import Image
+
+    from brushwork.engine.latents import txt2img_inpaint_conditioning
+
+    path = tmp_path / "tiny-inpaint.safetensors"
+    components = write_tiny_checkpoint("sd1-inpaint", path)
+    recipe = Recipe(prompt=PROMPT, negative_prompt=NEGATIVE, model=str(path), sampler="Euler", steps=4, seed=21,
+                    width=64, height=64)
+    ours = _pixels(_engine().run(recipe).images[0].image)
+
+    pipeline = to_pipeline(components)
+    pipeline.scheduler = EulerDiscreteScheduler.from_config(components.scheduler_config)
+    pipeline.set_progress_bar_config(disable=True)
+    masked_latents = txt2img_inpaint_conditioning(components.vae, 1, 64, 64)[:, 1:]
+    theirs = pipeline(
+        PROMPT, negative_prompt=NEGATIVE, image=Image.new("RGB", (64, 64), (128, 128, 128)),
+        mask_image=Image.new("L", (64, 64), 255), masked_image_latents=masked_latents, strength=1.0,
+        num_inference_steps=4, guidance_scale=7.0, width=64, height=64,
+        generator=torch.Generator("cpu").manual_seed(21),
+    ).images[0]
+    assert np.abs(ours - _pixels(theirs)).max() <= 1

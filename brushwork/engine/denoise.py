@@ -48,6 +48,7 @@ class GuidedDenoiser:
         steps: int,
         total_timesteps: int,
         time_ids: torch.Tensor | None = None,
+        image_conditioning: torch.Tensor | None = None,
     ):
         self.unet = unet
         self.positive = positive
@@ -56,6 +57,8 @@ class GuidedDenoiser:
         self.steps = steps
         self.total_timesteps = total_timesteps
         self.time_ids = time_ids
+        # Extra input channels (inpainting models: mask + masked-image latents), one row per image.
+        self.image_conditioning = image_conditioning
 
     @property
     def guided(self) -> bool:
@@ -69,6 +72,9 @@ class GuidedDenoiser:
         if self.guided:
             conditionings.insert(0, self.negative.at(prompt_step))
         model_input = torch.cat([latents] * len(conditionings))
+        if self.image_conditioning is not None:
+            extra = torch.cat([self.image_conditioning] * len(conditionings))
+            model_input = torch.cat([model_input, extra.to(model_input.dtype)], dim=1)
         context = torch.cat([c.context.expand(batch, -1, -1) for c in conditionings])
         output = self.unet(
             model_input, timestep, encoder_hidden_states=context, added_cond_kwargs=self._sdxl_inputs(conditionings, batch)

@@ -135,6 +135,10 @@ class Engine:
             denoiser = GuidedDenoiser(
                 components.unet, positive, negative, recipe.cfg_scale, recipe.steps, len(scheduler.timesteps),
                 time_ids=_sdxl_time_ids(components, recipe, device, dtype),
+                image_conditioning=(
+                    latent_stage.txt2img_inpaint_conditioning(components.vae, len(seeds), recipe.height, recipe.width)
+                    if components.inpaint else None
+                ),
             )
 
             def report(info: StepInfo, batch: int = batch) -> None:

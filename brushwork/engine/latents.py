@@ -28,3 +28,28 @@ def latent_shape(vae: AutoencoderKL, height: int, width: int) -> tuple[int, int,
     """(channels, height, width) of the latents for a picture: 8x smaller for SD's VAEs."""
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     return vae.config.latent_channels, height // factor, width // factor
+
+
+@torch.no_grad()
+def inpaint_conditioning(
+    vae: AutoencoderKL, mask: torch.Tensor, masked_image: torch.Tensor, latent_size: tuple[int, int]
+) -> torch.Tensor:
+    """The 5 extra input channels of a 9-channel inpainting U-Net: mask, then masked-image latents.
+
+    `mask` [B, 1, H, W] in [0, 1] (1 = repaint); `masked_image` [B, 3, H, W] in [-1, 1] with the
+    repainted area zeroed. The posterior's mean stands in for a sample: deterministic, and the
+    difference is far below what the U-Net can see.
+    """
+    latents = vae.encode(masked_image.to(vae.dtype)).latent_dist.mode() * vae.config.scaling_factor
+    small_mask = torch.nn.functional.interpolate(mask.to(latents.dtype), size=latent_size)
+    return torch.cat([small_mask, latents], dim=1)
+
+
+def txt2img_inpaint_conditioning(vae: AutoencoderKL, batch: int, height: int, width: int) -> torch.Tensor:
+    """txt2img with an inpainting model, as A1111 does it: the whole picture is masked, so the
+    masked image is all grey (zero) and the mask all ones."""
+    parameter = next(vae.parameters())
+    mask = torch.ones(batch, 1, height, width, device=parameter.device, dtype=parameter.dtype)
+    masked_image = torch.zeros(batch, 3, height, width, device=parameter.device, dtype=parameter.dtype)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    return inpaint_conditioning(vae, mask, masked_image, (height // factor, width // factor))
