@@ -111,6 +111,82 @@ def format_infotext(
     return "\n".join(lines)
 
 
+def recipe_extras(recipe: Recipe) -> dict[str, str]:
+    """The img2img, inpainting and hires fix settings under A1111's infotext names."""
+    extra: dict[str, str] = {}
+    if recipe.is_img2img:
+        extra["Denoising strength"] = format_number(recipe.denoising_strength)
+        if recipe.mask is not None or recipe.outpaint is not None:
+            extra["Mask blur"] = str(recipe.mask_blur)
+            extra["Masked content"] = recipe.inpainting_fill
+        if recipe.mask is not None and recipe.inpainting_mask_invert:
+            extra["Mask mode"] = "Inpaint not masked"
+        if recipe.mask is not None and recipe.inpaint_full_res:
+            extra["Inpaint area"] = "Only masked"
+            extra["Masked area padding"] = str(recipe.inpaint_full_res_padding)
+        if recipe.outpaint is not None:
+            sides = recipe.outpaint
+            extra["Outpaint"] = f"left {sides.left} right {sides.right} top {sides.top} bottom {sides.bottom}"
+    hires = recipe.hires
+    if hires is not None:
+        extra["Denoising strength"] = format_number(hires.denoising_strength)
+        if hires.resize_width or hires.resize_height:
+            extra["Hires resize"] = f"{hires.resize_width}x{hires.resize_height}"
+        else:
+            extra["Hires upscale"] = format_number(hires.scale)
+        if hires.steps:
+            extra["Hires steps"] = str(hires.steps)
+        extra["Hires upscaler"] = hires.upscaler
+        for key, value in (("Hires prompt", hires.prompt), ("Hires negative prompt", hires.negative_prompt),
+                           ("Hires sampler", hires.sampler)):
+            if value is not None:
+                extra[key] = value
+    return extra
+
+
+def _extras_to_fields(params: dict[str, str]) -> dict[str, object]:
+    """The inverse of `recipe_extras`, for the fields a Recipe can hold without its images."""
+    fields: dict[str, object] = {}
+    strength = _number(params, "Denoising strength", float)
+    hires_keys = ("Hires upscale", "Hires resize", "Hires upscaler")
+    if any(key in params for key in hires_keys):
+        hires: dict[str, object] = {"upscaler": params.get("Hires upscaler", "Latent")}
+        scale = _number(params, "Hires upscale", float)
+        if scale is not None:
+            hires["scale"] = scale
+        if "Hires resize" in params:
+            size = _SIZE.match(params["Hires resize"])
+            if size is None:
+                raise RecipeError(f"infotext field 'Hires resize' must look like 1024x1024, got {params['Hires resize']!r}")
+            hires["resize_width"], hires["resize_height"] = int(size.group(1)), int(size.group(2))
+        for key, name, kind in (("Hires steps", "steps", int),):
+            value = _number(params, key, kind)
+            if value is not None:
+                hires[name] = value
+        if strength is not None:
+            hires["denoising_strength"] = strength
+        for key, name in (("Hires prompt", "prompt"), ("Hires negative prompt", "negative_prompt"),
+                          ("Hires sampler", "sampler")):
+            if key in params:
+                hires[name] = params[key]
+        fields["hires"] = hires
+    elif strength is not None:
+        fields["denoising_strength"] = strength
+    blur = _number(params, "Mask blur", int)
+    if blur is not None:
+        fields["mask_blur"] = blur
+    if params.get("Masked content") in ("fill", "original", "latent noise", "latent nothing"):
+        fields["inpainting_fill"] = params["Masked content"]
+    if params.get("Mask mode") == "Inpaint not masked":
+        fields["inpainting_mask_invert"] = True
+    if params.get("Inpaint area") == "Only masked":
+        fields["inpaint_full_res"] = True
+        padding = _number(params, "Masked area padding", int)
+        if padding is not None:
+            fields["inpaint_full_res_padding"] = padding
+    return fields
+
+
 def parse_params_line(line: str) -> dict[str, str]:
     """The `key: value` pairs of an infotext's last line, values unquoted; a repeated key keeps its last value."""
     pairs: dict[str, str] = {}
@@ -196,6 +272,7 @@ def parse_infotext(text: str) -> tuple[Recipe, dict[str, str]]:
     for key, name in (("Model", "model"), ("VAE", "vae")):
         if params.get(key):
             fields[name] = params[key]
+    fields.update(_extras_to_fields(params))
 
     try:
         recipe = Recipe(**fields)

@@ -7,9 +7,67 @@ loads, and errors name the field.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_SEED = 2**32 - 1
+
+ResizeMode = Literal["just resize", "crop and resize", "resize and fill"]
+MaskedContent = Literal["fill", "original", "latent noise", "latent nothing"]
+
+
+def _check_sampler(value: str | None) -> str | None:
+    from brushwork.engine.samplers import SAMPLERS
+
+    if value is not None and value not in SAMPLERS:
+        raise ValueError(f"unknown sampler {value!r}; choose one of: {', '.join(SAMPLERS)}")
+    return value
+
+
+def _check_multiple_of_8(value: int | None) -> int | None:
+    if value is not None and value % 8:
+        lower, upper = value // 8 * 8, value // 8 * 8 + 8
+        raise ValueError(f"must be a multiple of 8 (got {value}; try {lower or 8} or {upper})")
+    return value
+
+
+class Hires(BaseModel):
+    """A1111's hires fix: a first pass at the base size, an upscale, then a second img2img pass."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scale: float = Field(2.0, gt=1.0, le=4.0, description="Upscale factor, unless resize_width/height are set.")
+    resize_width: int = Field(0, ge=0, le=8192, description="Target width; 0 follows `scale`.")
+    resize_height: int = Field(0, ge=0, le=8192)
+    upscaler: str = Field("Latent", description="A latent mode ('Latent', 'Latent (bicubic)', ...) or an image upscaler.")
+    steps: int = Field(0, ge=0, le=1000, description="Second-pass steps; 0 means the same as the first pass.")
+    denoising_strength: float = Field(0.7, ge=0.0, le=1.0)
+    prompt: str | None = Field(None, description="Second-pass prompt; None reuses the first.")
+    negative_prompt: str | None = None
+    sampler: str | None = None
+
+    _sampler = field_validator("sampler")(classmethod(lambda cls, v: _check_sampler(v)))
+    _sizes = field_validator("resize_width", "resize_height")(classmethod(lambda cls, v: _check_multiple_of_8(v or None) or v))
+
+
+class Outpaint(BaseModel):
+    """Extend the canvas by this many pixels on each side and paint the new area."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    left: int = Field(0, ge=0, le=2048)
+    right: int = Field(0, ge=0, le=2048)
+    top: int = Field(0, ge=0, le=2048)
+    bottom: int = Field(0, ge=0, le=2048)
+
+    _sizes = field_validator("left", "right", "top", "bottom")(classmethod(lambda cls, v: _check_multiple_of_8(v)))
+
+    @model_validator(mode="after")
+    def _some_side(self) -> "Outpaint":
+        if not (self.left or self.right or self.top or self.bottom):
+            raise ValueError("give at least one side to extend (left, right, top, bottom)")
+        return self
 
 
 class Recipe(BaseModel):
@@ -31,22 +89,37 @@ class Recipe(BaseModel):
     batch_count: int = Field(1, ge=1, le=1000, description="Passes run one after another.")
     clip_skip: int = Field(1, ge=1, le=12, description="2 uses CLIP's penultimate layer.")
 
-    @field_validator("width", "height")
-    @classmethod
-    def _multiple_of_8(cls, value: int | None) -> int | None:
-        if value is not None and value % 8:
-            lower, upper = value // 8 * 8, value // 8 * 8 + 8
-            raise ValueError(f"must be a multiple of 8 (got {value}; try {lower or 8} or {upper})")
-        return value
+    # img2img: images are a file path, a data URL or plain base64 (see brushwork.images).
+    init_image: str | None = Field(None, description="The picture to start from (img2img, inpainting).")
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0, description="How much of the schedule is re-run.")
+    resize_mode: ResizeMode = "just resize"
+    mask: str | None = Field(None, description="Inpainting mask: white is repainted.")
+    mask_blur: int = Field(4, ge=0, le=64)
+    inpainting_mask_invert: bool = Field(False, description="Repaint what is not masked.")
+    inpainting_fill: MaskedContent = Field("original", description="What the masked area starts as.")
+    inpaint_full_res: bool = Field(False, description="'Only masked': work on a crop around the mask.")
+    inpaint_full_res_padding: int = Field(32, ge=0, le=1024)
+    outpaint: Outpaint | None = None
+    hires: Hires | None = None
 
-    @field_validator("sampler")
-    @classmethod
-    def _known_sampler(cls, value: str) -> str:
-        from brushwork.engine.samplers import SAMPLERS
+    _sizes = field_validator("width", "height")(classmethod(lambda cls, v: _check_multiple_of_8(v)))
+    _sampler = field_validator("sampler")(classmethod(lambda cls, v: _check_sampler(v)))
 
-        if value not in SAMPLERS:
-            raise ValueError(f"unknown sampler {value!r}; choose one of: {', '.join(SAMPLERS)}")
-        return value
+    @model_validator(mode="after")
+    def _consistent(self) -> "Recipe":
+        if self.init_image is None:
+            for field in ("mask", "outpaint"):
+                if getattr(self, field) is not None:
+                    raise ValueError(f"{field} needs an init_image to work on")
+        elif self.hires is not None:
+            raise ValueError("hires fix applies to txt2img; for img2img set the size you want directly")
+        if self.mask is not None and self.outpaint is not None:
+            raise ValueError("outpaint makes its own mask; give either mask or outpaint")
+        return self
+
+    @property
+    def is_img2img(self) -> bool:
+        return self.init_image is not None
 
     @property
     def image_count(self) -> int:

@@ -149,3 +149,32 @@ def test_console_script_and_ctrl_c_stops_cleanly(tiny_checkpoint, tmp_path):
     assert process.returncode == 130
     assert "interrupted" in rest and "Traceback" not in rest
     assert not list((tmp_path / "o").glob("*.png*"))  # no half-written picture
+
+
+def test_img2img_inpaint_outpaint_and_hires_flags(tiny_checkpoint, tmp_path, capsys):
+    init = tmp_path / "init.png"
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(init)
+    mask = tmp_path / "mask.png"
+    Image.new("L", (32, 24), 255).save(mask)  # another size: resized, with a note
+    code, stdout, err = _run(capsys, "generate", "a red circle", "--model", tiny_checkpoint, "--init-image", init,
+                             "--strength", 0.5, "--mask", mask, "--only-masked", "--masked-content", "fill",
+                             "-o", tmp_path / "a", "--steps", 2, "--no-progress")
+    assert code == 0, err
+    assert "note: mask is 32x24" in err
+    assert Image.open(stdout.split()[0]).size == (64, 48)
+
+    code, stdout, err = _run(capsys, "generate", "a red circle", "--model", tiny_checkpoint, "--init-image", init,
+                             "--outpaint", "left=16,top=8", "-o", tmp_path / "b", "--steps", 2, "--no-progress")
+    assert code == 0, err
+    assert Image.open(stdout.split()[0]).size == (80, 56)
+
+    code, stdout, err = _run(capsys, "generate", "a red circle", "--model", tiny_checkpoint, "-W", 32, "-H", 32,
+                             "--hires-scale", 2, "--hires-steps", 2, "-o", tmp_path / "c", "--steps", 2, "--no-progress")
+    assert code == 0, err
+    assert Image.open(stdout.split()[0]).size == (64, 64)
+
+    code, _, err = _run(capsys, "generate", "x", "--model", tiny_checkpoint, "--init-image", init, "--outpaint", "up=8",
+                        "-o", tmp_path / "d")
+    assert code == 2 and "--outpaint: expected" in err
+    code, _, err = _run(capsys, "generate", "x", "--model", tiny_checkpoint, "--hires-scale", 20, "-o", tmp_path / "d")
+    assert code == 2 and "hires.scale" in err

@@ -16,8 +16,13 @@ from brushwork.recipe import Recipe
 
 RECIPE_FLAGS = (
     "prompt", "negative_prompt", "model", "vae", "sampler", "steps", "cfg_scale", "seed",
-    "width", "height", "batch_size", "batch_count", "clip_skip",
+    "width", "height", "batch_size", "batch_count", "clip_skip", "init_image", "denoising_strength", "resize_mode",
+    "mask", "mask_blur", "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
 )
+HIRES_FLAGS = {
+    "hires_scale": "scale", "hires_upscaler": "upscaler", "hires_steps": "steps", "hires_strength": "denoising_strength",
+    "hires_prompt": "prompt", "hires_negative_prompt": "negative_prompt", "hires_sampler": "sampler",
+}
 
 
 def add_parser(subparsers) -> None:
@@ -36,6 +41,31 @@ def add_parser(subparsers) -> None:
     generate.add_argument("--batch-count", dest="batch_count", type=int, default=None, help="passes")
     generate.add_argument("--clip-skip", dest="clip_skip", type=int, default=None)
     generate.add_argument("--from-png", dest="from_png", type=Path, default=None, help="re-make the picture in this PNG")
+    img2img = generate.add_argument_group("img2img and inpainting")
+    img2img.add_argument("--init-image", dest="init_image", default=None, help="start from this picture (img2img)")
+    img2img.add_argument("--strength", dest="denoising_strength", type=float, default=None, help="denoising strength, 0..1")
+    img2img.add_argument("--resize-mode", dest="resize_mode", default=None,
+                         choices=("just resize", "crop and resize", "resize and fill"))
+    img2img.add_argument("--mask", default=None, help="inpainting mask (white = repaint)")
+    img2img.add_argument("--mask-blur", dest="mask_blur", type=int, default=None)
+    img2img.add_argument("--invert-mask", dest="inpainting_mask_invert", action="store_const", const=True, default=None,
+                         help="repaint what is not masked")
+    img2img.add_argument("--masked-content", dest="inpainting_fill", default=None,
+                         choices=("fill", "original", "latent noise", "latent nothing"))
+    img2img.add_argument("--only-masked", dest="inpaint_full_res", action="store_const", const=True, default=None,
+                         help="paint a crop around the mask at full resolution")
+    img2img.add_argument("--only-masked-padding", dest="inpaint_full_res_padding", type=int, default=None)
+    img2img.add_argument("--outpaint", default=None, metavar="SIDES",
+                         help="extend the canvas, e.g. 'left=128,bottom=64' (multiples of 8)")
+    hires = generate.add_argument_group("hires fix (txt2img)")
+    hires.add_argument("--hires-scale", type=float, default=None, help="turn hires fix on: upscale by this factor")
+    hires.add_argument("--hires-resize", default=None, metavar="WxH", help="turn hires fix on: upscale to this size")
+    hires.add_argument("--hires-upscaler", default=None, help="'Latent', 'Latent (bicubic)', 'Lanczos', an ESRGAN model ...")
+    hires.add_argument("--hires-steps", type=int, default=None, help="second-pass steps (0: same as --steps)")
+    hires.add_argument("--hires-strength", type=float, default=None, help="second-pass denoising strength")
+    hires.add_argument("--hires-prompt", default=None)
+    hires.add_argument("--hires-negative-prompt", default=None)
+    hires.add_argument("--hires-sampler", default=None)
     generate.add_argument("-o", "--output-dir", dest="output_dir", type=Path, default=Path("outputs"))
     add_model_options(generate)
     generate.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
@@ -46,6 +76,13 @@ def add_parser(subparsers) -> None:
 def recipe_from_args(args: argparse.Namespace) -> tuple[Recipe, int | None]:
     """The Recipe the flags describe, and which image of it to make (only for --from-png)."""
     given = {name: getattr(args, name) for name in RECIPE_FLAGS if getattr(args, name) is not None}
+    if args.outpaint is not None:
+        given["outpaint"] = _parse_sides(args.outpaint)
+    hires = {field: getattr(args, flag) for flag, field in HIRES_FLAGS.items() if getattr(args, flag) is not None}
+    if args.hires_resize is not None:
+        hires["resize_width"], hires["resize_height"] = _parse_size(args.hires_resize)
+    if hires:
+        given["hires"] = hires
     if args.from_png is None:
         if "prompt" not in given:
             raise BrushworkError("give a prompt, e.g. brushwork generate \"a red circle on a blue background\"")
@@ -53,6 +90,23 @@ def recipe_from_args(args: argparse.Namespace) -> tuple[Recipe, int | None]:
     base, index = recipe_from_png(args.from_png)
     # Flags given next to --from-png override the stored recipe (e.g. where the model lives now).
     return Recipe(**(base.model_dump() | given)), index
+
+
+def _parse_sides(text: str) -> dict[str, int]:
+    sides = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        side, _, amount = part.partition("=")
+        if side not in ("left", "right", "top", "bottom") or not amount.isdigit():
+            raise BrushworkError(f"--outpaint: expected e.g. 'left=128,bottom=64', got {text!r}")
+        sides[side] = int(amount)
+    return sides
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    width, _, height = text.lower().partition("x")
+    if not (width.isdigit() and height.isdigit()):
+        raise BrushworkError(f"--hires-resize: expected WIDTHxHEIGHT, e.g. 1024x1024, got {text!r}")
+    return int(width), int(height)
 
 
 def recipe_from_png(path) -> tuple[Recipe, int | None]:
@@ -72,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from brushwork.engine.engine import Engine
+    from brushwork.engine.engine import Engine, Result
     from brushwork.models.store import ModelStore
 
     recipe, only_index = recipe_from_args(args)
@@ -95,8 +149,11 @@ def run(args: argparse.Namespace) -> int:
         bar.refresh()
 
     saved = []
+    result = Result(recipe=recipe)
     try:
-        for generated in engine.generate(recipe, on_progress=on_progress, should_stop=stop.is_set, only_batch=only_batch):
+        images = engine.generate(recipe, on_progress=on_progress, should_stop=stop.is_set, only_batch=only_batch,
+                                 result=result)
+        for generated in images:
             if only_index is not None and generated.index != only_index:
                 continue
             path = next_output_path(args.output_dir, seed=generated.seed, prompt=recipe.prompt)
@@ -106,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, previous_handler)
         if bar is not None:
             bar.close()
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
         for path in saved:
             print(path)
     return 0

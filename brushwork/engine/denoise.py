@@ -97,15 +97,19 @@ def sample(
     scheduler: SchedulerMixin,
     latents: torch.Tensor,
     generators: list[torch.Generator],
+    *,
+    timesteps: torch.Tensor | None = None,
+    after_step: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
-    """Run the scheduler's timesteps from `latents` (already scaled to its starting noise level).
+    """Run `timesteps` (default: all of the scheduler's) from `latents`, already noised to the first.
 
     `generators` hold one seeded CPU generator per image, so ancestral/SDE noise is reproducible
-    per image whatever the batch size.
+    per image whatever the batch size. `after_step` may replace the latents after each step
+    (inpainting with an ordinary checkpoint pastes the known area back in).
     """
-    timesteps = scheduler.timesteps
+    timesteps = scheduler.timesteps if timesteps is None else timesteps
     # Deterministic schedulers take no generator; stochastic ones draw their noise from these.
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
     step_options = {"generator": generators} if takes_generator else {}
@@ -115,6 +119,27 @@ def sample(
         model_input = scheduler.scale_model_input(latents, timestep)
         model_output = denoiser(model_input, timestep, index)
         latents = scheduler.step(model_output, timestep, latents, return_dict=False, **step_options)[0]
+        if after_step is not None:
+            latents = after_step(latents, index)
         if on_step is not None:
             on_step(StepInfo(step=index + 1, total=len(timesteps), latents=latents))
     return latents
+
+
+class LatentBlend:
+    """Inpainting with an ordinary checkpoint: after each step, the unmasked area is replaced by the
+    original latents noised to the next step's level, so only the masked area is really painted."""
+
+    def __init__(self, scheduler: SchedulerMixin, timesteps: torch.Tensor, original: torch.Tensor,
+                 noise: torch.Tensor, mask: torch.Tensor):
+        self.scheduler = scheduler
+        self.timesteps = timesteps
+        self.original = original
+        self.noise = noise
+        self.mask = mask
+
+    def __call__(self, latents: torch.Tensor, index: int) -> torch.Tensor:
+        known = self.original
+        if index + 1 < len(self.timesteps):
+            known = self.scheduler.add_noise(self.original, self.noise, self.timesteps[index + 1 : index + 2])
+        return (1 - self.mask) * known + self.mask * latents

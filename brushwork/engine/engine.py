@@ -24,9 +24,11 @@ from brushwork import __version__
 from brushwork.engine import latents as latent_stage
 from brushwork.engine import vae as vae_stage
 from brushwork.engine.conditioning import PromptEncoder
-from brushwork.engine.denoise import GuidedDenoiser, StepInfo, sample
-from brushwork.engine.samplers import make_scheduler
-from brushwork.infotext import format_infotext
+from brushwork.engine.denoise import StepInfo
+from brushwork.engine.hires import hires_pass
+from brushwork.engine.img2img import Source, prepare_source, working_size
+from brushwork.engine.passes import PassPlan, run_pass, steps_run
+from brushwork.infotext import format_infotext, recipe_extras
 from brushwork.models.store import LoadedModel, ModelStore
 from brushwork.recipe import MAX_SEED, Recipe
 
@@ -70,6 +72,7 @@ class Result:
     recipe: Recipe  # resolved: concrete seed, size and model
     images: list[GeneratedImage] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # things the user should know (e.g. a resized mask)
 
 
 class Engine:
@@ -77,18 +80,35 @@ class Engine:
         self.store = store
 
     def resolve(self, recipe: Recipe, model: LoadedModel) -> Recipe:
-        """Fill what the user left open: a random seed, the model's native size, the model's name."""
+        """Fill what the user left open: a random seed, the size (the init picture's, else the
+        model's native one), the model's name."""
         seed = recipe.seed if recipe.seed != -1 else random.randint(0, MAX_SEED)
         size = model.components.native_size
+        width, height = working_size(recipe, size) if recipe.is_img2img else (recipe.width or size, recipe.height or size)
         return recipe.model_copy(
-            update={
-                "seed": seed,
-                "width": recipe.width or size,
-                "height": recipe.height or size,
-                "model": model.name,
-                "vae": model.vae_name,
-            }
+            update={"seed": seed, "width": width, "height": height, "model": model.name, "vae": model.vae_name}
         )
+
+    def upscale_image(self, image: Image.Image, name: str, size: tuple[int, int]) -> Image.Image:
+        """An image upscaler by A1111 name (Lanczos, Nearest, or a network in the ESRGAN folder)."""
+        from brushwork.upscale import upscale
+
+        return upscale(image, name, size=size, store=self.store)
+
+    def _plan_img2img(self, plan: PassPlan, recipe: Recipe, source: Source, components) -> None:
+        """Encode the source picture (and mask) into the first pass's starting point."""
+        vae, device, dtype = components.vae, self.store.device, self.store.dtype
+        plan.strength = recipe.denoising_strength
+        pixels = latent_stage.pil_to_pixels([source.image], device, dtype)
+        plan.init_latents = latent_stage.encode(vae, pixels)
+        if source.mask is None:
+            return
+        latent_size = tuple(plan.init_latents.shape[-2:])
+        plan.latent_mask = latent_stage.mask_to_latent(source.mask, latent_size, device, dtype)
+        plan.masked_content = recipe.inpainting_fill
+        if components.inpaint:
+            binary = latent_stage.mask_to_latent(source.mask, tuple(pixels.shape[-2:]), device, dtype)
+            plan.image_conditioning = latent_stage.inpaint_conditioning(vae, binary, pixels * (1 - binary), latent_size)
 
     def run(self, recipe: Recipe, **options) -> Result:
         """Generate every image of the recipe and return them together."""
@@ -119,27 +139,21 @@ class Engine:
         components = model.components
         device, dtype = self.store.device, self.store.dtype
 
+        source = prepare_source(recipe, recipe.width, recipe.height) if recipe.is_img2img else None
+        result.notes.extend(source.notes if source else [])
         encoder = PromptEncoder(components, recipe.clip_skip, device, dtype)
-        positive, negative = encoder.encode_pair(recipe.prompt, recipe.negative_prompt, recipe.steps)
+        first_steps = steps_run(recipe.steps, recipe.denoising_strength) if source else recipe.steps
+        positive, negative = encoder.encode_pair(recipe.prompt, recipe.negative_prompt, max(1, first_steps))
+        plan = PassPlan(recipe.sampler, recipe.steps, *(source.image.size if source else (recipe.width, recipe.height)),
+                        recipe.cfg_scale, positive, negative)
+        if source is not None:
+            self._plan_img2img(plan, recipe, source, components)
         result.timings["condition"] = time.perf_counter() - started - result.timings["load"]
 
         batches = range(recipe.batch_count) if only_batch is None else [only_batch]
         for batch in batches:
             seeds = [recipe.seed + batch * recipe.batch_size + i for i in range(recipe.batch_size)]
             generators = latent_stage.image_generators(seeds)
-            scheduler = make_scheduler(recipe.sampler, components.scheduler_config, seed=seeds[0])
-            scheduler.set_timesteps(recipe.steps, device=device)
-            shape = latent_stage.latent_shape(components.vae, recipe.height, recipe.width)
-            noise = latent_stage.initial_noise(generators, shape, device, dtype)
-            latents = noise * scheduler.init_noise_sigma
-            denoiser = GuidedDenoiser(
-                components.unet, positive, negative, recipe.cfg_scale, recipe.steps, len(scheduler.timesteps),
-                time_ids=_sdxl_time_ids(components, recipe, device, dtype),
-                image_conditioning=(
-                    latent_stage.txt2img_inpaint_conditioning(components.vae, len(seeds), recipe.height, recipe.width)
-                    if components.inpaint else None
-                ),
-            )
 
             def report(info: StepInfo, batch: int = batch) -> None:
                 if on_progress is not None:
@@ -149,11 +163,16 @@ class Engine:
 
             step_started = time.perf_counter()
             with torch.inference_mode():
-                latents = sample(denoiser, scheduler, latents, generators, on_step=report, should_stop=should_stop)
+                latents = run_pass(components, plan, generators, seeds, on_step=report, should_stop=should_stop)
+                if recipe.hires is not None:
+                    latents = hires_pass(components, encoder, recipe, latents, generators, seeds,
+                                         self.upscale_image, on_step=report, should_stop=should_stop)
                 result.timings["denoise"] = result.timings.get("denoise", 0.0) + time.perf_counter() - step_started
                 decode_started = time.perf_counter()
                 pictures = vae_stage.decode(components.vae, latents)
                 result.timings["decode"] = result.timings.get("decode", 0.0) + time.perf_counter() - decode_started
+            if source is not None:
+                pictures = [source.finish(picture) for picture in pictures]
             for offset, (picture, seed) in enumerate(zip(pictures, seeds)):
                 index = batch * recipe.batch_size + offset
                 yield GeneratedImage(
@@ -163,18 +182,10 @@ class Engine:
                     infotext=format_infotext(
                         recipe, seed=seed, width=recipe.width, height=recipe.height,
                         model_name=model.name, model_hash=model.short_hash,
-                        vae_name=model.vae_name, vae_hash=model.vae_short_hash,
+                        vae_name=model.vae_name, vae_hash=model.vae_short_hash, extra=recipe_extras(recipe),
                     ),
                     recipe_json=json.dumps(
                         {"brushwork": __version__, "recipe": recipe.model_dump(), "index": index}, sort_keys=True
                     ),
                 )
         result.timings["total"] = time.perf_counter() - started
-
-
-def _sdxl_time_ids(components, recipe: Recipe, device, dtype) -> torch.Tensor | None:
-    """SDXL's size conditioning: original size, crop top-left (0, 0), target size."""
-    if components.family != "sdxl":
-        return None
-    size = (recipe.height, recipe.width)
-    return torch.tensor([[*size, 0, 0, *size]], device=device, dtype=dtype)

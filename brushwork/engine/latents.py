@@ -53,3 +53,29 @@ def txt2img_inpaint_conditioning(vae: AutoencoderKL, batch: int, height: int, wi
     masked_image = torch.zeros(batch, 3, height, width, device=parameter.device, dtype=parameter.dtype)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     return inpaint_conditioning(vae, mask, masked_image, (height // factor, width // factor))
+
+
+def pil_to_pixels(images: list, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """8-bit RGB pictures -> [B, 3, H, W] in [-1, 1], as the VAE expects."""
+    import numpy as np
+
+    array = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0 for image in images])
+    return torch.from_numpy(array).permute(0, 3, 1, 2).to(device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def encode(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
+    """Pictures -> scaled latents (the posterior's mean: deterministic, and its spread is negligible)."""
+    latents = vae.encode(pixels.to(vae.dtype)).latent_dist.mode()
+    if getattr(vae.config, "shift_factor", None):
+        latents = latents - vae.config.shift_factor
+    return latents * vae.config.scaling_factor
+
+
+def mask_to_latent(mask, latent_size: tuple[int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A blurred 8-bit mask -> a binary [1, 1, h, w] latent mask (1 = repaint), as diffusers and A1111 round it."""
+    import numpy as np
+
+    pixels = torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)[None, None]
+    binary = (pixels >= 0.5).to(dtype)
+    return torch.nn.functional.interpolate(binary, size=latent_size).to(device)
