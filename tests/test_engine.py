@@ -180,3 +180,30 @@ def test_inpainting_checkpoint_does_txt2img_like_diffusers_inpaint_pipeline(tmp_
         generator=torch.Generator("cpu").manual_seed(21),
     ).images[0]
     assert np.abs(ours - _pixels(theirs)).max() <= 1
+
+
+def test_group_of_jobs_runs_as_one_batch_with_each_picture_as_alone(checkpoints):
+    from brushwork.engine.engine import groupable
+
+    path, _ = checkpoints["sd1"]
+    engine = _engine()
+    base = dict(model=str(path), sampler="Euler a", steps=3, width=32, height=32)
+    recipes = [
+        Recipe(prompt="a red circle", seed=1, cfg_scale=7, **base),
+        Recipe(prompt="two blue squares", negative_prompt="blurry", seed=50, cfg_scale=3, batch_size=2, **base),
+        Recipe(prompt=" ".join(["green star"] * 50), seed=9, **base),  # two chunks: its own U-Net batch
+    ]
+    batches = []
+    results = engine.generate_group(recipes, on_progress=lambda p: batches.append(p.step))
+    assert [len(r.images) for r in results] == [1, 2, 1]
+    assert batches.count(1) == 2  # two U-Net batches: the 1-chunk jobs together, the 2-chunk one alone
+    for recipe, result in zip(recipes, results):
+        alone = engine.run(recipe)
+        for grouped, single in zip(result.images, alone.images):
+            assert grouped.seed == single.seed and grouped.infotext == single.infotext
+            assert np.abs(_pixels(grouped.image) - _pixels(single.image)).max() <= 1
+    assert groupable(recipes[0]) == groupable(recipes[1])
+    assert groupable(recipes[0].model_copy(update={"steps": 4})) != groupable(recipes[0])
+    assert groupable(recipes[0].model_copy(update={"batch_count": 2})) is None
+    with pytest.raises(ValueError):
+        engine.generate_group([recipes[0], recipes[0].model_copy(update={"width": 64})])

@@ -47,18 +47,33 @@ class PromptEncoder:
 
     def encode_pair(self, positive: str, negative: str, steps: int) -> tuple[ScheduledConditioning, ScheduledConditioning]:
         """Both prompts' schedules, every entry padded to the same chunk count so they batch for CFG."""
-        pos_schedule = get_schedule(positive, steps)
-        neg_schedule = get_schedule(negative, steps)
-        texts = list(dict.fromkeys(text for _, text in pos_schedule + neg_schedule))
+        return self.encode_many([(positive, negative)], steps)[0]
+
+    def encode_many(
+        self, pairs: list[tuple[str, str]], steps: int
+    ) -> list[tuple[ScheduledConditioning, ScheduledConditioning]]:
+        """Several (positive, negative) pairs, all padded to one chunk count so they share a U-Net batch."""
+        schedules = [(get_schedule(p, steps), get_schedule(n, steps)) for p, n in pairs]
+        texts = list(dict.fromkeys(text for pos, neg in schedules for _, text in pos + neg))
         chunk_lists = {text: self._chunks(text) for text in texts}
         longest = max(len(chunks[0]) for chunks in chunk_lists.values())
         for text, per_tokenizer in chunk_lists.items():
             chunk_lists[text] = [self._pad_to(chunks, longest, index) for index, chunks in enumerate(per_tokenizer)]
-        zero_negative = self.components.family == "sdxl" and negative == ""
-        encoded = {text: self._encode(chunk_lists[text], zeroed=zero_negative and text == "") for text in texts}
-        pos = ScheduledConditioning([(end, encoded[text]) for end, text in pos_schedule])
-        neg = ScheduledConditioning([(end, encoded[text]) for end, text in neg_schedule])
-        return pos, neg
+        # SDXL was trained with zeros, not the encoding of "", as the unconditional input.
+        zero_empty = self.components.family == "sdxl"
+        encoded = {text: self._encode(chunk_lists[text], zeroed=zero_empty and text == "") for text in texts}
+        return [
+            (
+                ScheduledConditioning([(end, encoded[text]) for end, text in pos]),
+                ScheduledConditioning([(end, encoded[text]) for end, text in neg]),
+            )
+            for pos, neg in schedules
+        ]
+
+    def chunk_count(self, positive: str, negative: str, steps: int) -> int:
+        """How many 75-token chunks the longest scheduled text of this pair needs."""
+        texts = {text for prompt in (positive, negative) for _, text in get_schedule(prompt, steps)}
+        return max(len(self._chunks(text)[0]) for text in texts)
 
     # -- chunking ---------------------------------------------------------------------------------
 
@@ -105,7 +120,6 @@ class PromptEncoder:
         context = torch.cat(contexts, dim=-1).reshape(1, -1, sum(c.shape[-1] for c in contexts))
         conditioning = Conditioning(context.to(self.dtype), None if pooled is None else pooled.to(self.dtype))
         if zeroed:
-            # SDXL was trained with zeros, not the encoding of "", as the unconditional input.
             conditioning = Conditioning(torch.zeros_like(conditioning.context), torch.zeros_like(conditioning.pooled))
         self._cache[key] = conditioning
         return conditioning

@@ -33,18 +33,20 @@ class StepInfo:
 
 
 class GuidedDenoiser:
-    """The U-Net with classifier-free guidance over a prompt schedule, for a batch of images.
+    """The U-Net with classifier-free guidance over prompt schedules, for a batch of images.
 
-    The unconditional and conditional halves run as one batch of 2×B through the U-Net; with
-    `cfg_scale == 1` the unconditional half is skipped, since it would be cancelled out anyway.
+    Each image has its own positive and negative schedule and CFG scale, so compatible jobs with
+    different prompts share one U-Net batch. The unconditional and conditional halves run as one
+    batch of 2×B; when every image has `cfg_scale == 1` the unconditional half is skipped, since it
+    would cancel out anyway.
     """
 
     def __init__(
         self,
         unet: UNet2DConditionModel,
-        positive: ScheduledConditioning,
-        negative: ScheduledConditioning,
-        cfg_scale: float,
+        positive: list[ScheduledConditioning],
+        negative: list[ScheduledConditioning],
+        cfg_scale: list[float],
         steps: int,
         total_timesteps: int,
         time_ids: torch.Tensor | None = None,
@@ -53,43 +55,39 @@ class GuidedDenoiser:
         self.unet = unet
         self.positive = positive
         self.negative = negative
-        self.cfg_scale = cfg_scale
+        self.cfg_scale = torch.tensor(cfg_scale, device=unet.device, dtype=unet.dtype).view(-1, 1, 1, 1)
+        self.guided = any(scale != 1.0 for scale in cfg_scale)
         self.steps = steps
         self.total_timesteps = total_timesteps
         self.time_ids = time_ids
         # Extra input channels (inpainting models: mask + masked-image latents), one row per image.
         self.image_conditioning = image_conditioning
 
-    @property
-    def guided(self) -> bool:
-        return self.cfg_scale != 1.0
-
     def __call__(self, latents: torch.Tensor, timestep: torch.Tensor, step: int) -> torch.Tensor:
-        batch = latents.shape[0]
         # Prompt editing counts sampling steps; second-order samplers evaluate twice per step.
         prompt_step = step * self.steps // self.total_timesteps + 1
-        conditionings = [self.positive.at(prompt_step)]
+        halves = [[c.at(prompt_step) for c in self.positive]]
         if self.guided:
-            conditionings.insert(0, self.negative.at(prompt_step))
-        model_input = torch.cat([latents] * len(conditionings))
+            halves.insert(0, [c.at(prompt_step) for c in self.negative])
+        model_input = torch.cat([latents] * len(halves))
         if self.image_conditioning is not None:
-            extra = torch.cat([self.image_conditioning] * len(conditionings))
+            extra = torch.cat([self.image_conditioning] * len(halves))
             model_input = torch.cat([model_input, extra.to(model_input.dtype)], dim=1)
-        context = torch.cat([c.context.expand(batch, -1, -1) for c in conditionings])
+        conditionings = [c for half in halves for c in half]
+        context = torch.cat([c.context for c in conditionings])
         output = self.unet(
-            model_input, timestep, encoder_hidden_states=context, added_cond_kwargs=self._sdxl_inputs(conditionings, batch)
+            model_input, timestep, encoder_hidden_states=context, added_cond_kwargs=self._sdxl_inputs(conditionings)
         ).sample
         if not self.guided:
             return output
         uncond, cond = output.chunk(2)
         return uncond + self.cfg_scale * (cond - uncond)
 
-    def _sdxl_inputs(self, conditionings: list[Conditioning], batch: int) -> dict | None:
+    def _sdxl_inputs(self, conditionings: list[Conditioning]) -> dict | None:
         if self.time_ids is None:
             return None
-        pooled = torch.cat([c.pooled.expand(batch, -1) for c in conditionings])
-        time_ids = self.time_ids.expand(pooled.shape[0], -1)
-        return {"text_embeds": pooled, "time_ids": time_ids}
+        pooled = torch.cat([c.pooled for c in conditionings])
+        return {"text_embeds": pooled, "time_ids": self.time_ids.expand(pooled.shape[0], -1)}
 
 
 def sample(

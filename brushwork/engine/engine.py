@@ -144,8 +144,9 @@ class Engine:
         encoder = PromptEncoder(components, recipe.clip_skip, device, dtype)
         first_steps = steps_run(recipe.steps, recipe.denoising_strength) if source else recipe.steps
         positive, negative = encoder.encode_pair(recipe.prompt, recipe.negative_prompt, max(1, first_steps))
+        images = recipe.batch_size
         plan = PassPlan(recipe.sampler, recipe.steps, *(source.image.size if source else (recipe.width, recipe.height)),
-                        recipe.cfg_scale, positive, negative)
+                        [recipe.cfg_scale] * images, [positive] * images, [negative] * images)
         if source is not None:
             self._plan_img2img(plan, recipe, source, components)
         result.timings["condition"] = time.perf_counter() - started - result.timings["load"]
@@ -174,18 +175,84 @@ class Engine:
             if source is not None:
                 pictures = [source.finish(picture) for picture in pictures]
             for offset, (picture, seed) in enumerate(zip(pictures, seeds)):
-                index = batch * recipe.batch_size + offset
-                yield GeneratedImage(
-                    image=picture,
-                    seed=seed,
-                    index=index,
-                    infotext=format_infotext(
-                        recipe, seed=seed, width=recipe.width, height=recipe.height,
-                        model_name=model.name, model_hash=model.short_hash,
-                        vae_name=model.vae_name, vae_hash=model.vae_short_hash, extra=recipe_extras(recipe),
-                    ),
-                    recipe_json=json.dumps(
-                        {"brushwork": __version__, "recipe": recipe.model_dump(), "index": index}, sort_keys=True
-                    ),
-                )
+                yield self._generated(recipe, model, picture, seed, batch * recipe.batch_size + offset)
         result.timings["total"] = time.perf_counter() - started
+
+    def generate_group(
+        self,
+        recipes: list[Recipe],
+        *,
+        on_progress: Callable[[Progress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[Result]:
+        """Several compatible txt2img recipes (see `groupable`) denoised as one U-Net batch.
+
+        Each image keeps its own prompt, negative prompt, CFG scale and seed. Prompts are padded
+        to a common chunk count only among equals: recipes whose prompts need different counts run
+        in separate batches, so grouping never changes what a picture looks like.
+        """
+        if not recipes:
+            return []
+        key = groupable(recipes[0])
+        if key is None or any(groupable(r) != key for r in recipes):
+            raise ValueError("generate_group takes txt2img recipes with the same model, size, sampler and steps")
+        started = time.perf_counter()
+        model = self.store.load(recipes[0].model, vae=recipes[0].vae)
+        resolved = [self.resolve(recipe, model) for recipe in recipes]
+        encoder = PromptEncoder(model.components, resolved[0].clip_skip, self.store.device, self.store.dtype)
+        results = [Result(recipe=recipe) for recipe in resolved]
+        subgroups: dict[int, list[int]] = {}
+        for index, recipe in enumerate(resolved):
+            subgroups.setdefault(encoder.chunk_count(recipe.prompt, recipe.negative_prompt, recipe.steps), []).append(index)
+        for members in subgroups.values():
+            self._run_group([resolved[i] for i in members], [results[i] for i in members], model, encoder,
+                            started, on_progress, should_stop)
+        for result in results:
+            result.timings["total"] = time.perf_counter() - started
+        return results
+
+    def _run_group(self, recipes, results, model, encoder, started, on_progress, should_stop) -> None:
+        components = model.components
+        first = recipes[0]
+        pairs = encoder.encode_many([(r.prompt, r.negative_prompt) for r in recipes], first.steps)
+        seeds, owners, positives, negatives, scales = [], [], [], [], []
+        for number, (recipe, (positive, negative)) in enumerate(zip(recipes, pairs)):
+            for offset in range(recipe.batch_size):
+                seeds.append(recipe.seed + offset)
+                owners.append((number, offset))
+                positives.append(positive)
+                negatives.append(negative)
+                scales.append(recipe.cfg_scale)
+        plan = PassPlan(first.sampler, first.steps, first.width, first.height, scales, positives, negatives)
+
+        def report(info: StepInfo) -> None:
+            if on_progress is not None:
+                on_progress(Progress(0, 1, info.step, info.total, started, info.latents, components.family))
+
+        with torch.inference_mode():
+            latents = run_pass(components, plan, latent_stage.image_generators(seeds), seeds,
+                               on_step=report, should_stop=should_stop)
+            pictures = vae_stage.decode(components.vae, latents)
+        for picture, seed, (number, offset) in zip(pictures, seeds, owners):
+            results[number].images.append(self._generated(recipes[number], model, picture, seed, offset))
+
+    def _generated(self, recipe: Recipe, model: LoadedModel, picture: Image.Image, seed: int, index: int) -> GeneratedImage:
+        return GeneratedImage(
+            image=picture,
+            seed=seed,
+            index=index,
+            infotext=format_infotext(
+                recipe, seed=seed, width=recipe.width, height=recipe.height,
+                model_name=model.name, model_hash=model.short_hash,
+                vae_name=model.vae_name, vae_hash=model.vae_short_hash, extra=recipe_extras(recipe),
+            ),
+            recipe_json=json.dumps({"brushwork": __version__, "recipe": recipe.model_dump(), "index": index}, sort_keys=True),
+        )
+
+
+def groupable(recipe: Recipe) -> tuple | None:
+    """What recipes must share to run as one U-Net batch; None for recipes that never group
+    (img2img and hires fix carry per-job pictures and passes)."""
+    if recipe.is_img2img or recipe.hires is not None or recipe.batch_count != 1:
+        return None
+    return (recipe.model, recipe.vae, recipe.width, recipe.height, recipe.sampler, recipe.steps, recipe.clip_skip)

@@ -78,8 +78,9 @@ def hires_pass(
     prompt = recipe.prompt if hires.prompt is None else hires.prompt
     negative = recipe.negative_prompt if hires.negative_prompt is None else hires.negative_prompt
     positive, negative_conditioning = encoder.encode_pair(prompt, negative, max(1, steps_run(steps, hires.denoising_strength)))
+    images = len(seeds)
     plan = PassPlan(
-        hires.sampler or recipe.sampler, steps, width, height, recipe.cfg_scale, positive, negative_conditioning,
-        strength=hires.denoising_strength, init_latents=upscaled,
+        hires.sampler or recipe.sampler, steps, width, height, [recipe.cfg_scale] * images, [positive] * images,
+        [negative_conditioning] * images, strength=hires.denoising_strength, init_latents=upscaled,
     )
     return run_pass(components, plan, generators, seeds, on_step=on_step, should_stop=should_stop)

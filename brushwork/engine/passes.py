@@ -23,9 +23,9 @@ class PassPlan:
     steps: int
     width: int
     height: int
-    cfg_scale: float
-    positive: ScheduledConditioning
-    negative: ScheduledConditioning
+    cfg_scale: list[float]  # per image, like the schedules: a group of jobs shares one batch
+    positive: list[ScheduledConditioning]
+    negative: list[ScheduledConditioning]
     strength: float = 1.0
     init_latents: torch.Tensor | None = None  # scaled latents to start from ([1 or B, C, h, w])
     latent_mask: torch.Tensor | None = None  # [1, 1, h, w], 1 = repaint (inpainting)
