@@ -77,7 +77,10 @@ class Result:
 
 class Engine:
     def __init__(self, store: ModelStore):
+        from brushwork.upscale import NetworkCache
+
         self.store = store
+        self._upscale_networks = NetworkCache(max_loaded=1)  # super-resolution nets for hires fix
 
     def resolve(self, recipe: Recipe, model: LoadedModel) -> Recipe:
         """Fill what the user left open: a random seed, the size (the init picture's, else the
@@ -93,7 +96,7 @@ class Engine:
         """An image upscaler by A1111 name (Lanczos, Nearest, or a network in the ESRGAN folder)."""
         from brushwork.upscale import upscale
 
-        return upscale(image, name, size=size, store=self.store)
+        return upscale(image, name, size, self.store, cache=self._upscale_networks)
 
     def _plan_img2img(self, plan: PassPlan, recipe: Recipe, source: Source, components) -> None:
         """Encode the source picture (and mask) into the first pass's starting point."""

@@ -66,7 +66,9 @@ def pil_to_pixels(images: list, device: torch.device, dtype: torch.dtype) -> tor
 @torch.no_grad()
 def encode(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
     """Pictures -> scaled latents (the posterior's mean: deterministic, and its spread is negligible)."""
-    latents = vae.encode(pixels.to(vae.dtype)).latent_dist.mode()
+    from brushwork.engine.tiling import encode_pixels  # tiled above 1024×1024 pixels
+
+    latents = encode_pixels(vae, pixels.to(vae.dtype)).mode()
     if getattr(vae.config, "shift_factor", None):
         latents = latents - vae.config.shift_factor
     return latents * vae.config.scaling_factor

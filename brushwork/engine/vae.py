@@ -7,6 +7,8 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image
 
+from brushwork.engine.tiling import decode_latents
+
 # Least-squares fits of latent channels to RGB, as A1111's "Approx cheap" preview uses: a 4×3 matrix
 # multiply instead of a VAE decode, good enough to watch a picture form.
 _SD_LATENT_RGB = torch.tensor(
@@ -25,7 +27,7 @@ def decode(vae: AutoencoderKL, latents: torch.Tensor) -> list[Image.Image]:
         latent = latent.to(vae.dtype) / vae.config.scaling_factor
         if getattr(vae.config, "shift_factor", None):
             latent = latent + vae.config.shift_factor
-        pixels = vae.decode(latent).sample
+        pixels = decode_latents(vae, latent)  # tiled above 1024×1024 pixels, so big pictures fit
         images.append(to_pil(pixels)[0])
     return images
 
