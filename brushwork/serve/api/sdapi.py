@@ -1,0 +1,197 @@
+"""A1111's `/sdapi/v1` generation routes: txt2img, img2img, progress, interrupt, skip, png-info, extra-single-image.
+
+txt2img and img2img are synchronous, as in A1111: the request goes through the same job queue as every
+other (same fairness, same crash safety) and the answer comes when its job ends. An interrupted job
+answers with the pictures made before the interruption, as A1111 does.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+from PIL import Image
+
+from brushwork.errors import BrushworkError
+from brushwork.models.store import ModelStore
+from brushwork.recipe import Recipe
+from brushwork.serve.api.info import read_info_from_bytes
+from brushwork.serve.api.sdapi_adapter import a1111_wording, img2img_recipe, info_json, png_info_parameters, txt2img_recipe
+from brushwork.serve.api.sdapi_schemas import (
+    ExtrasSingleImageRequest,
+    ExtrasSingleImageResponse,
+    GenerationRequest,
+    Img2ImgRequest,
+    ImageResponse,
+    PngInfoRequest,
+    PngInfoResponse,
+    ProgressResponse,
+    ProgressState,
+    Txt2ImgRequest,
+)
+from brushwork.serve.deps import ImageUpscalers, Jobs, Options, ServerLimits, Shutdown, Store, Upscalers, User
+from brushwork.serve.jobs import Job, JobService, JobState
+from brushwork.serve.limits import OverLimit, admit, decode_base64_image, png_base64
+from brushwork.serve.settings import Limits
+from brushwork.upscale import plan_size, postprocess_fields
+
+router = APIRouter(tags=["sdapi (AUTOMATIC1111)"])
+
+WAIT_SLICE_SECONDS = 5.0  # how often a waiting request looks up from its job to check for shutdown
+
+
+@router.post("/txt2img", response_model=ImageResponse)
+def txt2img(body: Txt2ImgRequest, jobs: Jobs, store: Store, limits: ServerLimits, user: User, options: Options,
+            upscalers: ImageUpscalers, shutdown: Shutdown) -> ImageResponse:
+    recipe = admit_a1111(txt2img_recipe(body, options), limits, store, upscalers.names())
+    return generate(jobs, recipe, user, body, shutdown)
+
+
+@router.post("/img2img", response_model=ImageResponse)
+def img2img(body: Img2ImgRequest, jobs: Jobs, store: Store, limits: ServerLimits, user: User, options: Options,
+            upscalers: ImageUpscalers, shutdown: Shutdown) -> ImageResponse:
+    recipe = admit_a1111(img2img_recipe(body, options), limits, store, upscalers.names())
+    return generate(jobs, recipe, user, body, shutdown)
+
+
+@router.get("/progress", response_model=ProgressResponse)
+def progress(jobs: Jobs, user: User, skip_current_image: Annotated[bool, Query()] = False) -> ProgressResponse:
+    """Your running job's progress (other users' jobs are not shown) and how many of yours are waiting."""
+    # A caller's unfinished jobs are among their newest; clients poll this often, so look no further back.
+    unfinished = [job for job in jobs.list_jobs(owner=user, limit=100) if not job.state.finished]
+    running = jobs.current()
+    if running is None or running.owner != user or running.state is not JobState.running:
+        return ProgressResponse(progress=0.0, eta_relative=0.0, state=ProgressState(job_count=len(unfinished)))
+    step, total = running.progress.step, running.progress.total
+    preview = running.progress.preview_png
+    return ProgressResponse(
+        progress=step / total if total else 0.0,
+        eta_relative=running.progress.eta_seconds or 0.0,
+        state=ProgressState(
+            job=f"job {running.id}", job_count=len(unfinished), sampling_step=step, sampling_steps=total,
+            job_timestamp=(running.started or running.created).strftime("%Y%m%d%H%M%S"),
+            interrupted=False, skipped=False,
+        ),
+        current_image=None if skip_current_image or preview is None else base64.b64encode(preview).decode("ascii"),
+        textinfo=f"Step {step}/{total}" if total else None,
+    )
+
+
+@router.post("/interrupt")
+def interrupt(jobs: Jobs, user: User) -> dict:
+    """Stop your running job; it ends with the pictures made so far (A1111 stops anyone's)."""
+    running = jobs.current()
+    if running is not None and running.owner == user:
+        jobs.cancel(running.id)
+    return {}
+
+
+@router.post("/skip")
+def skip(jobs: Jobs, user: User) -> dict:
+    """Drop the batch your running job is on; it goes on with its next batch."""
+    running = jobs.current()
+    if running is not None and running.owner == user:
+        jobs.skip()
+    return {}
+
+
+@router.post("/png-info", response_model=PngInfoResponse)
+def png_info(body: PngInfoRequest, limits: ServerLimits) -> PngInfoResponse:
+    if not body.image.strip():
+        return PngInfoResponse(info="")
+    data, _ = decode_base64_image(body.image, "image", limits)
+    infotext, recipe_json = read_info_from_bytes(data)
+    items = {"brushwork": recipe_json} if recipe_json is not None else {}
+    return PngInfoResponse(info=infotext or "", items=items, parameters=png_info_parameters(infotext) if infotext else {})
+
+
+@router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
+def extra_single_image(body: ExtrasSingleImageRequest, limits: ServerLimits,
+                       upscalers: ImageUpscalers) -> ExtrasSingleImageResponse:
+    """Upscale one picture (A1111's Extras tab) with one upscaler, or two blended; no face restoration."""
+    if body.gfpgan_visibility or body.codeformer_visibility:
+        raise BrushworkError("gfpgan_visibility, codeformer_visibility: face restoration is not available in brushwork")
+    if not body.image:
+        raise BrushworkError("image: send the picture as base64")
+    _, image = decode_base64_image(body.image, "image", limits)
+    if body.resize_mode not in (0, 1):
+        raise BrushworkError(f"resize_mode: {body.resize_mode} is not 0 (scale by) or 1 (scale to)")
+    scale: float | tuple[int, int] = body.upscaling_resize
+    if body.resize_mode == 1:
+        scale = (body.upscaling_resize_w, body.upscaling_resize_h)
+    plan = plan_size(image.size, scale)
+    _check_size(plan.final if body.upscaling_crop else plan.resized, limits)
+    if body.upscaler_1 == "None":
+        return ExtrasSingleImageResponse(html_info="", image=png_base64(image))
+
+    result = _upscaled(upscalers, image, body.upscaler_1, scale, body.upscaling_crop)
+    fields = postprocess_fields(body.upscaler_1, scale, plan)
+    if body.upscaler_2 != "None" and body.extras_upscaler_2_visibility > 0:
+        second = _upscaled(upscalers, image, body.upscaler_2, scale, body.upscaling_crop)
+        result = Image.blend(result.convert("RGB"), second.convert("RGB"), min(1.0, body.extras_upscaler_2_visibility))
+        fields["Postprocess upscaler 2"] = body.upscaler_2
+        fields["Postprocess upscaler 2 visibility"] = f"{body.extras_upscaler_2_visibility:g}"
+    info = ", ".join(f"{key}: {value}" for key, value in fields.items())
+    return ExtrasSingleImageResponse(html_info=f"<p>{info}</p>", image=png_base64(result))
+
+
+def admit_a1111(recipe: Recipe, limits: Limits, store: ModelStore, upscalers: list[str]) -> Recipe:
+    """`admit`, its refusals worded with A1111's field names (hr_upscaler, n_iter, init_images ...)."""
+    try:
+        return admit(recipe, limits, store, upscalers)
+    except BrushworkError as error:
+        error.args = (a1111_wording(str(error)),)
+        raise
+
+
+def generate(jobs: JobService, recipe: Recipe, user: str, body: GenerationRequest, shutdown: threading.Event) -> ImageResponse:
+    """Queue the recipe, wait for its job, answer as A1111 does."""
+    job = wait_for(jobs, jobs.submit(recipe, user).id, shutdown)
+    if job.state is JobState.failed:
+        # The queue marks bugs "internal error"; anything else is something the request asked for.
+        status = 500 if (job.error or "").startswith("internal error") else 422
+        raise HTTPException(status, job.error or "the job failed")
+    images = [_file_base64(jobs, record.id) for record in job.images] if body.send_images else []
+    parameters = body.model_dump()
+    if isinstance(body, Img2ImgRequest) and not body.include_init_images:
+        parameters["init_images"], parameters["mask"] = None, None  # A1111 does not echo them back
+    return ImageResponse(images=images, parameters=parameters, info=info_json(job))
+
+
+def wait_for(jobs: JobService, job_id: str, shutdown: threading.Event) -> Job:
+    """The job once it has ended; 503 if the server stops first (the job stays queued, and runs later)."""
+    while True:
+        for event in jobs.events(job_id, timeout=WAIT_SLICE_SECONDS):
+            if event.state.finished:
+                break
+        job = jobs.get(job_id)
+        if job is None:
+            raise HTTPException(500, f"job {job_id} vanished from the queue")
+        if job.state.finished:
+            return job
+        if shutdown.is_set():
+            raise HTTPException(503, f"the server is stopping; job {job_id} stays queued (GET /api/v1/jobs/{job_id})")
+
+
+def _file_base64(jobs: JobService, image_id: str) -> str:
+    path = jobs.image_path(image_id)
+    if path is None:
+        raise HTTPException(500, f"picture {image_id} is missing from the outputs folder")
+    return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _upscaled(upscalers: Upscalers, image: Image.Image, name: str, scale: float | tuple[int, int], crop: bool) -> Image.Image:
+    if crop or not isinstance(scale, tuple):
+        return upscalers.upscale(image, name, scale)
+    # Without crop, A1111 stretches to the asked size: upscale to cover it, then resize to fit exactly.
+    factor = max(scale[0] / image.width, scale[1] / image.height)
+    return upscalers.upscale(image, name, factor).resize(scale, Image.Resampling.LANCZOS)
+
+
+def _check_size(size: tuple[int, int], limits: Limits) -> None:
+    width, height = size
+    if width * height > limits.max_pixels or max(size) > limits.max_image_side:
+        raise OverLimit(f"the upscaled picture would be {width}x{height}, over this server's limit of "
+                        f"{limits.max_pixels:,} pixels / {limits.max_image_side} on a side (--max-pixels, --max-image-side)")
