@@ -38,7 +38,6 @@ import gradio as gr  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-OUTPUTS_FOLDER = "outputs"  # the queue's pictures, below the data folder (brushwork.serve.queue.OUTPUTS_NAME)
 SYSTEM_FONTS = ["system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "Liberation Mono", "monospace"]
 CSS = """
@@ -48,7 +47,7 @@ CSS = """
 .bw-failed span { color: var(--error-text-color, #b91c1c); font-weight: 600; }
 .bw-queue { width: 100%; border-collapse: collapse; }
 .bw-queue th, .bw-queue td { padding: 4px 8px; border-bottom: 1px solid var(--border-color-primary); text-align: left; }
-.bw-tool { max-width: 3em; min-width: 3em !important; }
+.bw-tool { flex-grow: 0 !important; min-width: 44px !important; max-width: 44px; height: 44px; align-self: center; }
 """
 
 
@@ -122,7 +121,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
     with gr.Blocks(title="brushwork", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as blocks:
         browser = gr.BrowserState("", storage_key="brushwork-browser-id")
         blocks.load(new_browser_id, inputs=browser, outputs=browser, show_progress="hidden", queue=False)
-        with gr.Tabs(elem_id="tabs") as tabs:
+        with gr.Tabs(elem_id="tabs"):
             with gr.Tab("txt2img", id="txt2img", elem_id="tab-txt2img") as txt2img_tab:
                 txt2img = ui_generate.generation_tab(studio, browser, "txt2img")
             with gr.Tab("img2img", id="img2img", elem_id="tab-img2img") as img2img_tab:
@@ -134,17 +133,16 @@ def build_ui(studio: Studio) -> gr.Blocks:
             with gr.Tab("Gallery", id="gallery", elem_id="tab-gallery") as gallery_tab:
                 gallery = ui_tabs.gallery_tab(studio)
             with gr.Tab("Queue", id="queue", elem_id="tab-queue") as queue_tab:
-                queue = ui_tabs.queue_tab(studio, browser)
+                queue = ui_tabs.queue_tab(studio, browser, queue_tab)
 
-        # The queue tab refreshes itself only while it is shown; the gallery reloads when opened.
+        # Opening another tab stops the queue tab's updates; the gallery reloads when opened.
         for tab in (txt2img_tab, img2img_tab, extras_tab, pnginfo_tab, gallery_tab):
-            tab.select(lambda: gr.Timer(active=False), outputs=queue.timer, show_progress="hidden", queue=False)
-        queue_tab.select(lambda: gr.Timer(active=True), outputs=queue.timer, show_progress="hidden", queue=False)
+            tab.select(queue.stop_watching, show_progress="hidden", queue=False)
         gallery_tab.select(**gallery.reload)
 
         for source in (png_info, gallery):
-            ui_generate.wire_send_to(studio, source.send_txt2img, source.infotext, source.picture, txt2img, tabs)
-            ui_generate.wire_send_to(studio, source.send_img2img, source.infotext, source.picture, img2img, tabs)
+            ui_generate.wire_send_to(studio, source.send_txt2img, source.infotext, source.picture, txt2img)
+            ui_generate.wire_send_to(studio, source.send_img2img, source.infotext, source.picture, img2img)
     blocks.queue(default_concurrency_limit=8)
     return blocks
 
@@ -160,9 +158,11 @@ def current_user(request: Request) -> str | None:
 
 def mount(app: FastAPI) -> None:
     """Mount the web UI at `/` of an app made by `create_app` (after its API routes, which stay reachable)."""
+    from brushwork.serve.queue import OUTPUTS_NAME
+
     state = app.state
     studio = Studio(jobs=state.jobs, store=state.store, settings=state.settings, upscalers=state.upscalers)
-    outputs = Path(state.settings.data_dir).resolve() / OUTPUTS_FOLDER
+    outputs = Path(state.settings.data_dir).resolve() / OUTPUTS_NAME
     gr.mount_gradio_app(
         app,
         build_ui(studio),

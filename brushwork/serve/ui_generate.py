@@ -8,6 +8,7 @@ live preview and finally the pictures with their infotext.
 from __future__ import annotations
 
 import io
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -27,6 +28,8 @@ from brushwork.serve.ui_forms import (
     form_from_recipe, progress_html, random_seed, recipe_from_form, reuse_seed,
 )
 
+log = logging.getLogger(__name__)
+
 UPDATE_INTERVAL = 0.3  # least seconds between two progress updates sent to the browser
 POLL_SECONDS = 1.0  # re-read the job at least this often, even when no event arrives
 SEND_FIELDS = {  # what "send to" fills from an infotext (batch and pictures stay as they are)
@@ -44,7 +47,6 @@ SEND_FIELDS = {  # what "send to" fills from an infotext (batch and pictures sta
 class GenerationTab:
     kind: str
     controls: dict[str, Any] = field(default_factory=dict)  # form name -> component
-    source_tabs: Any = None  # img2img: the Tabs holding the picture and the mask painter
 
 
 def follow(jobs: JobService, job_id: str, *, interval: float = UPDATE_INTERVAL, poll: float = POLL_SECONDS) -> Iterator[Job]:
@@ -104,7 +106,7 @@ def generation_tab(studio: Studio, browser: gr.BrowserState, kind: str) -> Gener
     with gr.Row():
         with gr.Column(scale=1):
             if kind == "img2img":
-                tab.source_tabs = _picture_sources(c)
+                _picture_sources(c)
             _model_controls(studio, c)
             _sampling_controls(studio, c, kind)
             if kind == "txt2img":
@@ -114,7 +116,7 @@ def generation_tab(studio: Studio, browser: gr.BrowserState, kind: str) -> Gener
         with gr.Column(scale=1):
             progress = gr.HTML(elem_id=f"{kind}-progress")
             results = gr.Gallery(label="Results", columns=2, height=480, format="png", interactive=False,
-                                 elem_id=f"{kind}-results")
+                                 object_fit="contain", buttons=["download", "fullscreen"], elem_id=f"{kind}-results")
             infotext = gr.Textbox(label="Generation info", lines=4, interactive=False, elem_id=f"{kind}-info")
     job_id, records, last_seed = gr.State(None), gr.State([]), gr.State(None)
 
@@ -129,11 +131,15 @@ def generation_tab(studio: Studio, browser: gr.BrowserState, kind: str) -> Gener
             gr.Warning(describe(error))
             yield {progress: error_html(describe(error))}
             return
+        except Exception as error:
+            log.exception("web UI: submitting a %s job failed", kind)
+            yield {progress: error_html(f"internal error ({type(error).__name__}); see the server log")}
+            return
         yield {progress: progress_html(job), results: [], infotext: "", job_id: job.id}
         shown = None
         for job in follow(studio.jobs, job.id):
             update: dict[Any, Any] = {progress: progress_html(job)}
-            if job.progress.preview_png is not None and job.progress.preview_png is not shown and not job.state.finished:
+            if job.progress.preview_png is not None and job.progress.preview_png != shown and not job.state.finished:
                 shown = job.progress.preview_png
                 update[results] = [(preview_image(job), "preview")]
             if job.state.finished:
@@ -183,14 +189,14 @@ def _show_info(records: list[tuple[int, str]], event: gr.SelectData) -> str:
     return records[event.index][1]
 
 
-def _picture_sources(c: dict[str, Any]) -> gr.Tabs:
+def _picture_sources(c: dict[str, Any]) -> None:
     """img2img's picture, or the mask painter for inpainting: the open sub-tab decides which is used."""
     c["mode"] = gr.State("img2img")
-    with gr.Tabs(elem_id="img2img-sources") as sources:
-        with gr.Tab("Picture", id="img2img") as picture_tab:
+    with gr.Tabs(elem_id="img2img-sources"):
+        with gr.Tab("Picture", id="img2img", elem_id="img2img-picture-tab") as picture_tab:
             c["init_image"] = gr.Image(label="Picture to start from", type="pil", image_mode="RGB", height=360,
                                        sources=["upload", "clipboard"], elem_id="img2img-init")
-        with gr.Tab("Inpaint", id="inpaint") as inpaint_tab:
+        with gr.Tab("Inpaint", id="inpaint", elem_id="img2img-inpaint-tab") as inpaint_tab:
             c["inpaint"] = gr.ImageMask(
                 label="Paint over what to repaint", type="pil", image_mode="RGBA", height=420, format="png",
                 sources=["upload", "clipboard"], transforms=(), layers=False,
@@ -199,7 +205,6 @@ def _picture_sources(c: dict[str, Any]) -> gr.Tabs:
             )
     picture_tab.select(lambda: "img2img", outputs=c["mode"], show_progress="hidden", queue=False)
     inpaint_tab.select(lambda: "inpaint", outputs=c["mode"], show_progress="hidden", queue=False)
-    return sources
 
 
 def _model_controls(studio: Studio, c: dict[str, Any]) -> None:
@@ -208,7 +213,7 @@ def _model_controls(studio: Studio, c: dict[str, Any]) -> None:
         c["model"] = gr.Dropdown(checkpoints, value=checkpoints[0] if checkpoints else None, label="Model",
                                  info=None if checkpoints else "no checkpoints: the built-in model is used", scale=4)
         c["vae"] = gr.Dropdown([AUTOMATIC, *studio.vaes()], value=AUTOMATIC, label="VAE", scale=3)
-        refresh = gr.Button("🔄", elem_classes="bw-tool", scale=0)
+        refresh = gr.Button("↻", elem_classes="bw-tool", scale=0)
 
     def reload(model: str | None, vae: str | None) -> tuple[Any, Any]:
         names, vaes = studio.checkpoints(), [AUTOMATIC, *studio.vaes()]
@@ -226,15 +231,17 @@ def _sampling_controls(studio: Studio, c: dict[str, Any], kind: str) -> None:
         c["steps"] = gr.Slider(1, limits.max_steps, value=min(20, limits.max_steps), step=1, label="Steps",
                                  elem_id=f"{kind}-steps")
     with gr.Row():
-        c["width"] = gr.Slider(0, side, value=0, step=8, label="Width", info="0: the model's native size")
-        c["height"] = gr.Slider(0, side, value=0, step=8, label="Height", info="0: the model's native size")
+        c["width"] = gr.Slider(0, side, value=0, step=8, label="Width", info="0: the model's native size",
+                                elem_id=f"{kind}-width")
+        c["height"] = gr.Slider(0, side, value=0, step=8, label="Height", info="0: the model's native size",
+                                elem_id=f"{kind}-height")
     with gr.Row():
         c["batch_count"] = gr.Slider(1, limits.max_batch, value=1, step=1, label="Batch count")
         c["batch_size"] = gr.Slider(1, min(limits.max_batch, 64), value=1, step=1, label="Batch size")
     with gr.Row():
         c["cfg_scale"] = gr.Slider(0, 30, value=7, step=0.5, label="CFG scale")
         c["clip_skip"] = gr.Slider(1, 12, value=1, step=1, label="Clip skip")
-    with gr.Row(equal_height=True):
+    with gr.Row():
         c["seed"] = gr.Number(-1, precision=0, label="Seed", info="-1: random", scale=4, elem_id=f"{kind}-seed")
         c["random_seed"] = gr.Button("🎲", elem_classes="bw-tool", scale=0, elem_id=f"{kind}-random-seed")
         c["reuse_seed"] = gr.Button("♻", elem_classes="bw-tool", scale=0, elem_id=f"{kind}-reuse-seed")
@@ -278,24 +285,30 @@ def _img2img_controls(c: dict[str, Any]) -> None:
                 c[f"outpaint_{side}"] = gr.Slider(0, 512, value=0, step=8, label=side.capitalize())
 
 
-def wire_send_to(studio: Studio, button: gr.Button, infotext: gr.Textbox, picture: Any, target: GenerationTab,
-                 tabs: gr.Tabs) -> None:
-    """`button` fills `target`'s form from `infotext` (and, for img2img, its picture) and opens its tab."""
+def wire_send_to(studio: Studio, button: gr.Button, infotext: gr.Textbox, picture: Any, target: GenerationTab) -> None:
+    """`button` opens `target`'s tab and fills its form from `infotext` (and, for img2img, its picture).
+
+    The tab is opened in the browser, as a click on it would: a Tabs value set from Python sticks, and
+    would pull the page back to that tab on later updates.
+    """
     names = [name for name in SEND_FIELDS[target.kind] if name in target.controls]
-    outputs = [target.controls[name] for name in names] + [tabs]
+    outputs = [target.controls[name] for name in names]
+    tab_buttons = [f"tab-{target.kind}-button"]
     if target.kind == "img2img":
-        outputs += [target.controls["init_image"], target.source_tabs, target.controls["mode"]]
+        outputs.append(target.controls["init_image"])
+        tab_buttons.append("img2img-picture-tab-button")  # its select event sets the mode to img2img
+    clicks = "".join(f"document.getElementById('{button_id}')?.click();" for button_id in tab_buttons)
 
     def send(text: str, path: str | None) -> list[Any]:
         values = send_values(studio, text, names)
         if values is None:
             return [gr.skip()] * len(outputs)
-        values.append(gr.Tabs(selected=target.kind))
         if target.kind == "img2img":
-            values += [Image.open(path) if path else gr.skip(), gr.Tabs(selected="img2img"), "img2img"]
+            values.append(Image.open(path) if path else gr.skip())
         return values
 
-    button.click(send, inputs=[infotext, picture], outputs=outputs, show_progress="hidden")
+    button.click(send, inputs=[infotext, picture], outputs=outputs, show_progress="hidden",
+                 js=f"(...args) => {{ {clicks} return args; }}")
 
 
 def send_values(studio: Studio, text: str, names: list[str]) -> list[Any] | None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import threading
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import gradio as gr
 from PIL import Image
@@ -20,7 +22,9 @@ from brushwork.upscale import add_postprocess_info, plan_size, postprocess_field
 GALLERY_PAGE = 24  # pictures per gallery page
 QUEUE_LIMIT = 30  # jobs listed in the queue tab
 QUEUE_REFRESH_SECONDS = 1.5
+QUEUE_WATCH_SECONDS = 600.0  # the queue tab stops updating itself after this long (reopen it to resume)
 SCALE_MODES = ("Scale by", "Scale to")
+IMAGE_BUTTONS = ["download", "fullscreen"]  # no "share": it would upload the picture elsewhere
 
 
 @dataclass
@@ -34,9 +38,33 @@ class InfoSource:
     reload: dict[str, Any] | None = None  # the gallery's (re)load event, for the tab's select
 
 
+class Watchers:
+    """Which browser sessions have the queue tab open: its update stream runs while its session's token
+    is current. (Gradio's own `cancels` is left to the page, which does not always send it.)"""
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def start(self, session: str) -> object:
+        token = object()
+        with self._lock:
+            self._tokens[session] = token
+        return token
+
+    def active(self, session: str, token: object) -> bool:
+        with self._lock:
+            return self._tokens.get(session) is token
+
+    def stop(self, session: str, token: object | None = None) -> None:
+        with self._lock:
+            if token is None or self._tokens.get(session) is token:
+                self._tokens.pop(session, None)
+
+
 @dataclass
 class QueueTab:
-    timer: gr.Timer
+    stop_watching: Any  # a handler for the other tabs' select: the queue tab's updates stop
 
 
 # -- extras ----------------------------------------------------------------------------------------------
@@ -78,7 +106,8 @@ def extras_tab(studio: Studio) -> None:
                 height = gr.Number(1024, precision=0, label="Height (scale to)")
             run = gr.Button("Upscale", variant="primary", elem_id="extras-run")
         with gr.Column():
-            result = gr.Image(label="Result", type="pil", format="png", interactive=False, height=400)
+            result = gr.Image(label="Result", type="pil", format="png", interactive=False, height=400,
+                              buttons=IMAGE_BUTTONS, elem_id="extras-result")
             info = gr.Textbox(label="Info", lines=3, interactive=False)
 
     @readable_errors
@@ -139,13 +168,14 @@ def gallery_tab(studio: Studio) -> InfoSource:
     details = gr.State([])
     with gr.Row():
         previous = gr.Button("◀ Newer", size="sm")
-        refresh = gr.Button("🔄 Refresh", size="sm", elem_id="gallery-refresh")
+        refresh = gr.Button("↻ Refresh", size="sm", elem_id="gallery-refresh")
         following = gr.Button("Older ▶", size="sm")
         label = gr.Markdown("Page 1")
-    grid = gr.Gallery(label="Pictures, newest first", columns=6, height=420, allow_preview=False,
-                      interactive=False, elem_id="gallery-grid")
+    grid = gr.Gallery(label="Pictures, newest first", columns=8, height=420, allow_preview=False, fit_columns=False,
+                      object_fit="contain", interactive=False, buttons=["download"], elem_id="gallery-grid")
     with gr.Row():
-        picture = gr.Image(label="Picture", type="filepath", interactive=False, height=400, elem_id="gallery-picture")
+        picture = gr.Image(label="Picture", type="filepath", interactive=False, height=400, buttons=IMAGE_BUTTONS,
+                           elem_id="gallery-picture")
         with gr.Column():
             infotext = gr.Textbox(label="Infotext", lines=6, interactive=False, elem_id="gallery-info")
             with gr.Row():
@@ -172,43 +202,79 @@ def gallery_tab(studio: Studio) -> InfoSource:
 
 # -- queue -------------------------------------------------------------------------------------------------
 
-def queue_view(studio: Studio, owner: str, chosen: str | None) -> tuple[str, Image.Image | None, Any]:
-    """(the owner's jobs as a table, the preview of their running job, the cancel dropdown)."""
+def queue_view(studio: Studio, owner: str) -> tuple[str, Image.Image | None, list[tuple[str, str]]]:
+    """(the owner's jobs as a table, the preview of their running job, (label, id) of jobs still open)."""
     jobs = studio.jobs.list_jobs(owner=owner, limit=QUEUE_LIMIT)
     preview = None
     running = next((job for job in jobs if job.state is JobState.running), None)
     if running is not None and running.progress.preview_png:
         preview = Image.open(io.BytesIO(running.progress.preview_png))
     open_jobs = [(job_label(job), job.id) for job in jobs if not job.state.finished]
-    ids = [job_id for _, job_id in open_jobs]
-    choice = chosen if chosen in ids else (ids[0] if ids else None)
-    return queue_html(jobs), preview, gr.Dropdown(choices=open_jobs, value=choice)
+    return queue_html(jobs), preview, open_jobs
 
 
-def queue_tab(studio: Studio, browser: gr.BrowserState) -> QueueTab:
-    timer = gr.Timer(QUEUE_REFRESH_SECONDS, active=False)
+def watch_queue(studio: Studio, owner: str, *, interval: float = QUEUE_REFRESH_SECONDS,
+                lifetime: float = QUEUE_WATCH_SECONDS, active: Any = lambda: True) -> Iterator[tuple[Any, Any, Any]]:
+    """The queue tab's updates while it is open (`active()`): (table, preview, job dropdown), each part
+    skipped when unchanged, one every `interval` seconds; ends after `lifetime` seconds.
+
+    One long event rather than a timer's many: every event the page sends re-uploads the mask painter's
+    layers (a Gradio quirk), so fewer events keep the page responsive.
+    """
+    deadline = time.monotonic() + lifetime
+    shown: tuple[Any, Any, Any] = (None, None, None)
+    while True:
+        table, preview, open_jobs = queue_view(studio, owner)
+        preview_key = preview.tobytes() if preview is not None else None
+        yield (table if table != shown[0] else gr.skip(),
+               preview if preview_key != shown[1] or shown[0] is None else gr.skip(),
+               gr.Dropdown(choices=open_jobs) if open_jobs != shown[2] else gr.skip())
+        shown = (table, preview_key, open_jobs)
+        time.sleep(interval)
+        if time.monotonic() >= deadline or not active():
+            return
+
+
+def queue_tab(studio: Studio, browser: gr.BrowserState, tab: gr.Tab) -> QueueTab:
+    """Your jobs with their progress, the running one's live preview, Cancel / Interrupt / Skip."""
     with gr.Row():
         with gr.Column(scale=3):
             table = gr.HTML('<p class="bw-empty">No jobs yet.</p>', elem_id="queue-table")
         with gr.Column(scale=2):
-            preview = gr.Image(label="Live preview (your running job)", interactive=False, height=300)
+            preview = gr.Image(label="Live preview (your running job)", interactive=False, height=300,
+                               buttons=IMAGE_BUTTONS, elem_id="queue-preview")
     with gr.Row():
-        chosen = gr.Dropdown([], value=None, label="Job", scale=3)
+        chosen = gr.Dropdown([], value=None, label="Job", scale=3, elem_id="queue-job")
         cancel = gr.Button("Cancel job", variant="stop", scale=1)
         interrupt = gr.Button("Interrupt", scale=1)
         skip = gr.Button("Skip", scale=1)
-        refresh = gr.Button("🔄 Refresh", scale=1)
+        refresh = gr.Button("↻ Refresh", scale=1, elem_id="queue-refresh")
+    outputs = [table, preview, chosen]
 
-    def view(request: gr.Request, browser_id: str, job_id: str | None):
-        return queue_view(studio, studio.owner(request, browser_id), job_id)
+    def view(request: gr.Request, browser_id: str):
+        table, picture, open_jobs = queue_view(studio, studio.owner(request, browser_id))
+        return table, picture, gr.Dropdown(choices=open_jobs)
+
+    watchers = Watchers()
+
+    def watch(request: gr.Request, browser_id: str):
+        token = watchers.start(request.session_hash)
+        try:
+            yield from watch_queue(studio, studio.owner(request, browser_id),
+                                   active=lambda: watchers.active(request.session_hash, token))
+        finally:
+            watchers.stop(request.session_hash, token)
+
+    def stop_watching(request: gr.Request) -> None:
+        watchers.stop(request.session_hash)
 
     def cancel_job(request: gr.Request, browser_id: str, job_id: str | None):
         job = studio.own_job(job_id, studio.owner(request, browser_id))
         if job is None or not studio.jobs.cancel(job.id):
-            gr.Info("That job is not yours, or it has already finished.")
-        return view(request, browser_id, job_id)
+            gr.Info("Choose one of your queued or running jobs to cancel.")
+        return view(request, browser_id)
 
-    def stop_running(request: gr.Request, browser_id: str, job_id: str | None, skip_batch: bool = False):
+    def stop_running(request: gr.Request, browser_id: str, skip_batch: bool = False):
         """Interrupt (or skip a batch of) the running job, when it is the caller's."""
         current = studio.jobs.current()
         if current is None or current.owner != studio.owner(request, browser_id):
@@ -217,15 +283,14 @@ def queue_tab(studio: Studio, browser: gr.BrowserState) -> QueueTab:
             studio.jobs.skip()
         else:
             studio.jobs.cancel(current.id)
-        return view(request, browser_id, job_id)
+        return view(request, browser_id)
 
-    def skip_running(request: gr.Request, browser_id: str, job_id: str | None):
-        return stop_running(request, browser_id, job_id, skip_batch=True)
+    def skip_running(request: gr.Request, browser_id: str):
+        return stop_running(request, browser_id, skip_batch=True)
 
-    inputs, outputs = [browser, chosen], [table, preview, chosen]
-    for event in (timer.tick, refresh.click):
-        event(view, inputs=inputs, outputs=outputs, show_progress="hidden", concurrency_limit=None)
-    cancel.click(cancel_job, inputs=inputs, outputs=outputs)
-    interrupt.click(stop_running, inputs=inputs, outputs=outputs)
-    skip.click(skip_running, inputs=inputs, outputs=outputs)
-    return QueueTab(timer)
+    tab.select(watch, inputs=browser, outputs=outputs, show_progress="hidden", concurrency_limit=None)
+    refresh.click(view, inputs=browser, outputs=outputs, show_progress="hidden")
+    cancel.click(cancel_job, inputs=[browser, chosen], outputs=outputs)
+    interrupt.click(stop_running, inputs=browser, outputs=outputs)
+    skip.click(skip_running, inputs=browser, outputs=outputs)
+    return QueueTab(stop_watching)

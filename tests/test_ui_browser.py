@@ -1,0 +1,149 @@
+"""The web UI in a real browser: the full app under uvicorn on 127.0.0.1, driven by headless Chromium.
+
+Types a prompt into txt2img, clicks Generate, waits for the picture, finds it in the gallery tab, and
+checks that the page never asked for anything beyond 127.0.0.1 (the UI works offline). A screenshot
+goes to `test-artifacts/ui-txt2img.png`.
+
+Needs the `playwright` Python package and a Chromium binary (Debian: `apt-get install chromium`;
+`BRUSHWORK_CHROMIUM` names another one). Playwright's own browser download is never used.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+
+from brushwork.models.store import ModelStore
+from brushwork.serve.app import create_app
+from brushwork.serve.settings import Limits, Settings
+from tiny_models import write_tiny_checkpoint
+
+import uvicorn  # noqa: E402
+from playwright import sync_api  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = os.environ.get("BRUSHWORK_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+TIMEOUT_MS = 120_000  # one step of the test on a busy 2-core machine
+LOCAL_HOSTS = {"127.0.0.1"}
+USER, PASSWORD = "alice", "wonderland"  # the server asks for HTTP basic auth, as `--api-auth` makes it
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[tuple[str, object]]:
+    """The whole app (API + UI) served by uvicorn in a thread: (base URL, app)."""
+    from brushwork.serve.ui import mount
+
+    root = tmp_path_factory.mktemp("ui-browser")
+    (root / "models" / "Stable-diffusion").mkdir(parents=True)
+    write_tiny_checkpoint("sd1", root / "models" / "Stable-diffusion" / "tiny.safetensors")
+    settings = Settings(models_dir=root / "models", data_dir=root / "data", basic_auth={USER: PASSWORD},
+                        limits=Limits(max_pixels=256 * 256, max_steps=60, max_batch=4, max_image_side=512))
+    app = create_app(settings, store=ModelStore(root / "models", hash_cache=root / "hashes.json"), ui=mount)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="ui-test-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.1)
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    # CI installs Debian's chromium (.ci/run); a missing browser is a failure, never a skip.
+    assert Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM} (apt-get install chromium, or set BRUSHWORK_CHROMIUM)"
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def test_txt2img_in_the_browser_offline(server, browser):
+    base_url, app = server
+    outside: list[str] = []
+
+    def guard(route) -> None:  # every request that would leave the machine is recorded and refused
+        if urlsplit(route.request.url).hostname in LOCAL_HOSTS or route.request.url.startswith(("data:", "blob:")):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context = browser.new_context(viewport={"width": 1400, "height": 1000},
+                                  http_credentials={"username": USER, "password": PASSWORD})
+    context.set_default_timeout(TIMEOUT_MS)
+    context.route("**/*", guard)
+    page = context.new_page()
+    page.on("websocket", lambda socket: outside.append(socket.url)
+            if urlsplit(socket.url).hostname not in LOCAL_HOSTS else None)
+    try:
+        page.goto(base_url + "/", wait_until="load")
+
+        # txt2img: a prompt, 4 steps at the tiny model's 64x64 (the machine is slow), Generate.
+        page.locator("#txt2img-prompt textarea").fill("a lighthouse at dusk, brush strokes")
+        for name, value in (("steps", "4"), ("width", "64"), ("height", "64")):
+            box = page.locator(f"#txt2img-{name} input[type=number]")
+            box.fill(value)
+            box.press("Enter")
+        page.locator("#txt2img-generate").click()
+
+        status = page.locator("#txt2img-progress")
+        sync_api.expect(status).to_have_text(re.compile(r"^\s*(Done|Error|Cancelled)"), timeout=TIMEOUT_MS)
+        assert status.inner_text().strip().startswith("Done: 1 picture"), status.inner_text()
+        sync_api.expect(page.locator("#txt2img-info textarea")).to_have_value(re.compile(r"Seed: \d+"))
+        picture = page.locator("#txt2img-results img[src]").first
+        sync_api.expect(picture).to_be_visible()
+        picture.evaluate("img => img.decode()")  # loaded and decoded, not just in the DOM
+        assert picture.evaluate("img => img.naturalWidth") == 64
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "ui-txt2img.png"), full_page=True)
+
+        records = app.state.jobs.gallery()
+        assert records and records[0].infotext.startswith("a lighthouse at dusk")
+        assert "Steps: 4" in records[0].infotext
+        assert app.state.jobs.get(records[0].job_id).owner == USER  # the signed-in user owns UI jobs
+
+        # ♻ takes the seed of the picture just made; 🎲 goes back to random.
+        seed = page.locator("#txt2img-seed input")
+        page.locator("#txt2img-reuse-seed").click()
+        sync_api.expect(seed).to_have_value(str(records[0].seed))
+        page.locator("#txt2img-random-seed").click()
+        sync_api.expect(seed).to_have_value("-1")
+
+        # The gallery tab shows it; clicking it shows the picture's infotext.
+        page.get_by_role("tab", name="Gallery").click()
+        thumbnail = page.locator("#gallery-grid img[src]").first
+        sync_api.expect(thumbnail).to_be_visible()
+        thumbnail.click()
+        sync_api.expect(page.locator("#gallery-info textarea")).to_have_value(
+            re.compile("^a lighthouse at dusk"))
+        page.screenshot(path=str(ARTIFACTS / "ui-gallery.png"), full_page=True)
+    finally:
+        context.close()
+
+    assert outside == [], f"the page asked for things outside 127.0.0.1: {outside}"
