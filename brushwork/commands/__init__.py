@@ -4,6 +4,6 @@ Each module has `add_parser(subparsers)`, which registers its sub-command with `
 `run` default; `brushwork.cli` only dispatches and turns errors into exit codes.
 """
 
-from brushwork.commands import generate, info, models
+from brushwork.commands import data, evaluate, generate, info, models, serve, train, upscale
 
-COMMANDS = [generate, models, info]
+COMMANDS = [generate, models, info, data, train, evaluate, upscale, serve]

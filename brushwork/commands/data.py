@@ -1,0 +1,41 @@
+"""`brushwork data shapes OUT_DIR`: draw the coloured-shape pictures (with captions) the base model trains on."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from brushwork.errors import BrushworkError
+
+SPLITS = ("train", "heldout", "all")
+
+
+def add_parser(subparsers) -> None:
+    data = subparsers.add_parser("data", help="make training data")
+    kinds = data.add_subparsers(dest="data_kind", required=True)
+    shapes = kinds.add_parser("shapes", help="draw captioned pictures of coloured shapes (NNNNN.png + NNNNN.txt)")
+    shapes.add_argument("out_dir", type=Path, help="folder to write the pictures into")
+    shapes.add_argument("--count", type=int, required=True, help="how many pictures")
+    shapes.add_argument("--seed", type=int, default=0, help="the same seed draws byte-identical files (default 0)")
+    shapes.add_argument("--size", type=int, default=64, help="picture side in pixels (default 64)")
+    shapes.add_argument("--split", choices=SPLITS, default="train",
+                        help="train: never the held-out colour/shape pairs (default); heldout: only those; all: any")
+    shapes.set_defaults(run=run_shapes)
+
+
+def run_shapes(args: argparse.Namespace) -> int:
+    from brushwork.shapes import make_dataset
+
+    if args.count < 1:
+        raise BrushworkError(f"--count must be at least 1 (got {args.count})")
+    if args.size < 16 or args.size % 16:
+        raise BrushworkError(f"--size must be a multiple of 16, at least 16 (got {args.size})")
+    if args.seed < 0:
+        raise BrushworkError(f"--seed must be 0 or more (got {args.seed})")
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        raise BrushworkError(f"{args.out_dir} exists and is not a folder")
+    if args.out_dir.is_dir() and any(args.out_dir.glob("*.png")):
+        raise BrushworkError(f"{args.out_dir} already holds pictures; choose an empty or new folder")
+    make_dataset(args.out_dir, args.count, seed=args.seed, size=args.size, split=args.split)
+    print(f"wrote {args.count} pictures ({args.size}x{args.size}, split {args.split}, seed {args.seed}) to {args.out_dir}")
+    return 0

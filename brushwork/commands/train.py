@@ -1,0 +1,86 @@
+"""`brushwork train base --data DIR -o model.safetensors`: train the embedded model from scratch.
+
+Ctrl-C saves the training state after the current step (a second Ctrl-C stops at once, losing the
+steps since the last checkpoint); the same command with --resume continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from brushwork.cli import EXIT_INTERRUPTED
+
+# Flags that override the preset, by TrainSettings field.
+OVERRIDES = ("seed", "vae_steps", "steps", "batch_size", "lr", "max_images", "sample_every", "checkpoint_every", "arch")
+
+
+def add_parser(subparsers) -> None:
+    from brushwork.train.settings import ARCHITECTURES, PRESETS
+
+    train = subparsers.add_parser("train", help="train models")
+    kinds = train.add_subparsers(dest="train_kind", required=True)
+    base = kinds.add_parser(
+        "base", help="train the embedded shapes model from scratch (VAE, then text encoder + U-Net)",
+        description="Stage 1 trains the VAE, stage 2 the text encoder and U-Net; the state folder beside the "
+                    "output (model.train/) keeps checkpoints and sample grids, for --resume.",
+    )
+    base.add_argument("--data", type=Path, required=True, help="a folder written by `brushwork data shapes`")
+    base.add_argument("-o", "--output", type=Path, required=True, help="the model file to write (.safetensors)")
+    base.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                      help="quick: under 30 minutes on 2 cores; full: the shipped model's recipe (default: quick)")
+    base.add_argument("--resume", action="store_true", help="continue the run saved in the state folder")
+    base.add_argument("--seed", type=int, default=None)
+    base.add_argument("--vae-steps", dest="vae_steps", type=int, default=None, help="stage 1 steps")
+    base.add_argument("--steps", type=int, default=None, help="stage 2 (diffusion) steps")
+    base.add_argument("--batch-size", dest="batch_size", type=int, default=None, help="stage 2 batch size")
+    base.add_argument("--lr", type=float, default=None, help="stage 2 peak learning rate")
+    base.add_argument("--max-images", dest="max_images", type=int, default=None, help="use only the first N pictures")
+    base.add_argument("--sample-every", dest="sample_every", type=int, default=None,
+                      help="steps between sample grids (0: none)")
+    base.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=None)
+    base.add_argument("--arch", choices=sorted(ARCHITECTURES), default=None, help=argparse.SUPPRESS)  # toy: for tests
+    base.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    base.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    base.set_defaults(run=run_base)
+
+
+def run_base(args: argparse.Namespace) -> int:
+    import torch
+
+    from brushwork.errors import BrushworkError
+    from brushwork.train.base import train_base
+    from brushwork.train.loop import TrainingInterrupted
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise BrushworkError(f"--threads must be at least 1 (got {args.threads})")
+        torch.set_num_threads(args.threads)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: _request_stop(stop))
+    command = shlex.join(["brushwork", *sys.argv[1:]]) if sys.argv and "brushwork" in sys.argv[0] else ""
+    try:
+        train_base(
+            args.data, args.output, preset=args.preset, resume=args.resume, command=command,
+            overrides={name: getattr(args, name) for name in OVERRIDES},
+            should_stop=stop.is_set, progress=args.progress, say=lambda text: print(text, file=sys.stderr),
+        )
+    except TrainingInterrupted as stopped:
+        print(f"\nstopped: the {stopped.stage} stage is saved after step {stopped.step}; run the same command with "
+              "--resume to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return 0
+
+
+def _request_stop(stop: threading.Event) -> None:
+    """First Ctrl-C: save and stop after the current step. A second one interrupts at once."""
+    if stop.is_set():
+        raise KeyboardInterrupt
+    print("\nstopping after this step (Ctrl-C again to stop at once)...", file=sys.stderr)
+    stop.set()

@@ -1,0 +1,142 @@
+"""Stage 2: train the text encoder and the U-Net together with the diffusion loss.
+
+Per step, as in diffusers' `train_text_to_image.py`: take a batch of pre-encoded latents (times the
+scaling factor), add noise at uniformly drawn timesteps of SD's
+schedule, and regress the noise (epsilon prediction). 10% of captions are replaced by "" so the same
+network is also the unconditional model classifier-free guidance needs. The loss is Min-SNR weighted
+(min(SNR, 5) / SNR), which spends less effort on nearly clean timesteps and speeds up convergence.
+AdamW with warm-up and cosine decay; the saved model is the exponential moving average of the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel
+
+from brushwork.train.data import batch_indices, seeded_generator
+from brushwork.train.ema import EMA
+from brushwork.train.loop import learning_rate
+from brushwork.train.settings import TrainSettings
+
+STAGE = "diffusion"
+
+
+@dataclass
+class LatentSet:
+    """The data set as stage 2 sees it: VAE latents (unscaled) and caption token ids."""
+
+    mean: torch.Tensor  # [N, C, h, w] float32: the VAE posterior means
+    ids: torch.Tensor  # [N, 77] int32
+    scale: float  # the VAE scaling factor
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean, "ids": self.ids, "scale": self.scale}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LatentSet":
+        return cls(mean=data["mean"], ids=data["ids"], scale=float(data["scale"]))
+
+
+class DiffusionTrainer:
+    """Holds the two trained modules, their EMA copies and the optimizer; `step(i)` trains on batch i."""
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        text_encoder: CLIPTextModel,
+        latents: LatentSet,
+        empty_ids: torch.Tensor,
+        scheduler_config: dict,
+        settings: TrainSettings,
+    ):
+        self.unet = unet.train()
+        self.text_encoder = text_encoder.train()
+        self.latents = latents
+        self.empty_ids = empty_ids.to(torch.int32).reshape(1, -1)
+        self.settings = settings
+        schedule = DDPMScheduler.from_config(scheduler_config)
+        self.alphas_cumprod = schedule.alphas_cumprod.float()
+        self.num_timesteps = int(schedule.config.num_train_timesteps)
+        self.params = [p for p in (*unet.parameters(), *text_encoder.parameters()) if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=settings.lr, betas=(0.9, 0.999), weight_decay=settings.weight_decay)
+        self.ema_unet = EMA(unet, settings.ema_decay)
+        self.ema_text = EMA(text_encoder, settings.ema_decay)
+
+    # -- one step ---------------------------------------------------------------------------------------
+
+    def batch(self, index: int) -> dict[str, torch.Tensor]:
+        """The inputs of step `index`: noisy latents, timesteps, the noise to predict, token ids, loss weights."""
+        s = self.settings
+        generator = seeded_generator(STAGE, s.seed, index)
+        picked = batch_indices(len(self.latents), s.batch_size, index, s.seed)
+        clean = self.latents.mean[picked] * self.latents.scale
+        noise = torch.randn(clean.shape, generator=generator)
+        timesteps = torch.randint(0, self.num_timesteps, (len(picked),), generator=generator)
+        dropped = torch.rand(len(picked), generator=generator) < s.caption_dropout
+        ids = torch.where(dropped[:, None], self.empty_ids, self.latents.ids[picked]).long()
+        alpha_bar = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+        noisy = alpha_bar.sqrt() * clean + (1 - alpha_bar).sqrt() * noise
+        snr = alpha_bar.flatten() / (1 - alpha_bar.flatten())
+        weights = torch.clamp(snr, max=s.snr_gamma) / snr if s.snr_gamma > 0 else torch.ones_like(snr)
+        return {"noisy": noisy, "timesteps": timesteps, "noise": noise, "ids": ids, "weights": weights}
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.settings.bf16):
+            context = self.text_encoder(batch["ids"]).last_hidden_state
+            prediction = self.unet(batch["noisy"], batch["timesteps"], encoder_hidden_states=context).sample
+        per_sample = F.mse_loss(prediction.float(), batch["noise"], reduction="none").mean(dim=(1, 2, 3))
+        return (per_sample * batch["weights"]).mean()
+
+    def step(self, index: int) -> float:
+        s = self.settings
+        lr = learning_rate(index, s.steps, s.lr, s.warmup_steps, s.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss = self.loss(self.batch(index))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if s.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, s.grad_clip)
+        self.optimizer.step()
+        self.ema_unet.update(self.unet, index)
+        self.ema_text.update(self.text_encoder, index)
+        return loss.detach().item()
+
+    @torch.no_grad()
+    def evaluation_loss(self, indices: list[int], use_ema: bool = False) -> float:
+        """Mean loss over the batches of steps `indices`, without training (a fixed yardstick for tests)."""
+        unet, text = (self.ema_unet.shadow, self.ema_text.shadow) if use_ema else (self.unet, self.text_encoder)
+        saved = self.unet, self.text_encoder
+        self.unet, self.text_encoder = unet, text
+        try:
+            return sum(float(self.loss(self.batch(i))) for i in indices) / len(indices)
+        finally:
+            self.unet, self.text_encoder = saved
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+
+    def state_dict(self, step: int) -> dict:
+        return {
+            "step": step,
+            "unet": self.unet.state_dict(),
+            "text_encoder": self.text_encoder.state_dict(),
+            "ema_unet": self.ema_unet.state_dict(),
+            "ema_text_encoder": self.ema_text.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> int:
+        """Restore a checkpoint; returns the number of steps it had done."""
+        self.unet.load_state_dict(state["unet"])
+        self.text_encoder.load_state_dict(state["text_encoder"])
+        self.ema_unet.load_state_dict(state["ema_unet"])
+        self.ema_text.load_state_dict(state["ema_text_encoder"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        return int(state["step"])
