@@ -312,10 +312,12 @@ def test_submit_gallery_queue_and_png_info(studio, tmp_path):
     assert infotext == job.images[0].infotext and fields["Prompt"] == "a red fox" and fields["Steps"] == "2"
     blank = tmp_path / "blank.png"
     Image.new("RGB", (8, 8)).save(blank)
-    assert read_infotext(str(blank)) == ("This picture carries no generation parameters.", {})
+    assert read_infotext(str(blank)) == ("", {"Note": "This picture carries no generation parameters."})
 
     values = send_values(studio, infotext, ["prompt", "model", "seed", "steps"])
     assert values == ["a red fox", "tiny.safetensors", job.images[0].seed, 2]
+    with pytest.warns(UserWarning, match="infotext is empty"):  # gr.Warning outside a request warns
+        assert send_values(studio, "", ["prompt"]) is None
 
 
 def test_submit_applies_the_server_limits(studio):

@@ -46,7 +46,26 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[tuple[str, object]]:
+def server_connections() -> Iterator[list[str]]:
+    """Every address this process (the server: gradio, uvicorn, the queue) connects to that is not local."""
+    outside: list[str] = []
+    connect = socket.socket.connect
+
+    def recording_connect(sock, address):
+        host = address[0] if isinstance(address, tuple) else None
+        if host is not None and host not in ("127.0.0.1", "::1", "localhost"):
+            outside.append(str(address))
+        return connect(sock, address)
+
+    socket.socket.connect = recording_connect
+    try:
+        yield outside
+    finally:
+        socket.socket.connect = connect
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, server_connections) -> Iterator[tuple[str, object]]:
     """The whole app (API + UI) served by uvicorn in a thread: (base URL, app)."""
     from brushwork.serve.ui import mount
 
@@ -83,7 +102,7 @@ def browser():
             browser.close()
 
 
-def test_txt2img_in_the_browser_offline(server, browser):
+def test_txt2img_in_the_browser_offline(server, browser, server_connections):
     base_url, app = server
     outside: list[str] = []
 
@@ -147,3 +166,4 @@ def test_txt2img_in_the_browser_offline(server, browser):
         context.close()
 
     assert outside == [], f"the page asked for things outside 127.0.0.1: {outside}"
+    assert server_connections == [], f"the server connected outside 127.0.0.1: {server_connections}"

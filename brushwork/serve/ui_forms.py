@@ -158,13 +158,13 @@ def _whole(form: dict[str, Any], name: str) -> int:
 def form_from_recipe(recipe: Recipe, *, checkpoints: Iterable[str] = (), vaes: Iterable[str] = ()) -> dict[str, Any]:
     """The form values that reproduce `recipe` (as parsed from an infotext).
 
-    A model or VAE the models folder does not have is left out, so the form keeps its current choice.
+    A model or VAE the models folder does not have is left out, so the form keeps its current choice; so
+    are the batch settings, which an infotext does not record.
     """
     form: dict[str, Any] = {
         "prompt": recipe.prompt, "negative_prompt": recipe.negative_prompt, "sampler": recipe.sampler,
         "steps": recipe.steps, "cfg_scale": recipe.cfg_scale, "seed": recipe.seed,
-        "width": recipe.width or 0, "height": recipe.height or 0,
-        "batch_size": recipe.batch_size, "batch_count": recipe.batch_count, "clip_skip": recipe.clip_skip,
+        "width": recipe.width or 0, "height": recipe.height or 0, "clip_skip": recipe.clip_skip,
         "denoising_strength": recipe.denoising_strength, "mask_blur": recipe.mask_blur,
         "inpainting_fill": recipe.inpainting_fill, "inpaint_area": INPAINT_AREAS[recipe.inpaint_full_res],
         "inpaint_padding": recipe.inpaint_full_res_padding, "mask_mode": MASK_MODES[recipe.inpainting_mask_invert],

@@ -154,8 +154,6 @@ def generation_tab(studio: Studio, browser: gr.BrowserState, kind: str) -> Gener
 
     generate.click(run, inputs=[browser, *(c[name] for name in fields)], outputs=outputs,
                    concurrency_limit=None, show_progress="hidden")
-    c["prompt"].submit(run, inputs=[browser, *(c[name] for name in fields)], outputs=outputs,
-                       concurrency_limit=None, show_progress="hidden")
     interrupt.click(_interrupter(studio, skip=False), inputs=[browser, job_id], show_progress="hidden")
     skip.click(_interrupter(studio, skip=True), inputs=[browser, job_id], show_progress="hidden")
     results.select(_show_info, inputs=records, outputs=infotext, show_progress="hidden")
@@ -243,7 +241,7 @@ def _sampling_controls(studio: Studio, c: dict[str, Any], kind: str) -> None:
         c["clip_skip"] = gr.Slider(1, 12, value=1, step=1, label="Clip skip")
     with gr.Row():
         c["seed"] = gr.Number(-1, precision=0, label="Seed", info="-1: random", scale=4, elem_id=f"{kind}-seed")
-        c["random_seed"] = gr.Button("🎲", elem_classes="bw-tool", scale=0, elem_id=f"{kind}-random-seed")
+        c["random_seed"] = gr.Button("🎲 Random", elem_classes="bw-tool", scale=0, elem_id=f"{kind}-random-seed")
         c["reuse_seed"] = gr.Button("♻", elem_classes="bw-tool", scale=0, elem_id=f"{kind}-reuse-seed")
 
 

@@ -6,7 +6,7 @@ import io
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import gradio as gr
 from PIL import Image
@@ -120,12 +120,12 @@ def extras_tab(studio: Studio) -> None:
 # -- PNG info ----------------------------------------------------------------------------------------------
 
 def read_infotext(path: str | None) -> tuple[str, dict[str, str]]:
-    """(infotext, its fields) of an uploaded picture; a readable note instead when it has none."""
+    """(infotext, its fields) of an uploaded picture; for a picture without one, a note among the fields."""
     if not path:
         return "", {}
     infotext, _ = read_png_info(path)
     if not infotext:
-        return "This picture carries no generation parameters.", {}
+        return "", {"Note": "This picture carries no generation parameters."}
     prompt, negative, params = split_infotext(infotext)
     return infotext, {"Prompt": prompt, "Negative prompt": negative, **params}
 
@@ -214,7 +214,7 @@ def queue_view(studio: Studio, owner: str) -> tuple[str, Image.Image | None, lis
 
 
 def watch_queue(studio: Studio, owner: str, *, interval: float = QUEUE_REFRESH_SECONDS,
-                lifetime: float = QUEUE_WATCH_SECONDS, active: Any = lambda: True) -> Iterator[tuple[Any, Any, Any]]:
+                lifetime: float = QUEUE_WATCH_SECONDS, active: Callable[[], bool] = lambda: True) -> Iterator[tuple[Any, Any, Any]]:
     """The queue tab's updates while it is open (`active()`): (table, preview, job dropdown), each part
     skipped when unchanged, one every `interval` seconds; ends after `lifetime` seconds.
 
