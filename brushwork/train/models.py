@@ -14,8 +14,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from brushwork.models.components import Components
-from brushwork.models.detect import BASE_SCHEDULER_CONFIG, SD1_NUM_HEADS, clip_heads
-from brushwork.models.single_file import shipped_tokenizer
+from brushwork.models.detect import SD1_NUM_HEADS, clip_heads
+from brushwork.train.export import assemble
 from brushwork.train.spec import DEFAULT_SPEC, TOY_SPEC, ModelSpec
 
 __all__ = ["DEFAULT_SPEC", "TOY_SPEC", "ModelSpec", "build_components", "count_parameters"]
@@ -78,17 +78,7 @@ def build_components(spec: ModelSpec, seed: int = 0, scaling_factor: float = 1.0
     """A freshly initialised (untrained) model of `spec`; the same seed gives the same weights."""
     torch.manual_seed(seed)
     vae = build_vae(spec, scaling_factor)
-    text_encoder = build_text_encoder(spec)
-    unet = build_unet(spec)
-    return Components(
-        family="sd1",
-        unet=unet,
-        vae=vae,
-        text_encoders=[text_encoder],
-        tokenizers=[shipped_tokenizer(open_clip=False)],
-        scheduler_config=dict(BASE_SCHEDULER_CONFIG),
-        native_size=spec.image_size,
-    )
+    return assemble(vae, build_text_encoder(spec), build_unet(spec), scaling_factor, spec.image_size)
 
 
 def count_parameters(module: torch.nn.Module) -> int:
