@@ -3,13 +3,15 @@
     python bench/txt2img.py                       # CPU: SD 1.5 size, 256x256, 4 steps
     python bench/txt2img.py --device cuda --size 512 --steps 30 --dtype fp16
     python bench/txt2img.py --family sdxl --device cuda --size 1024 --steps 30 --dtype fp16
+    python bench/txt2img.py --family embedded     # the shipped model: 64x64, 20 steps
 
 Random weights of the real architecture are written once as an A1111-style single file (seeded,
-under --workdir). Each side then runs in its own fresh process, so peak memory is its own: loading
-the file (diffusers: `from_single_file` with the matching local config folder), one warm-up image,
-then --images timed images, same prompt, seed, sampler (DPM++ 2M) and CFG. Printed: seconds per
-image, peak private memory (CPU: sampled RssAnon; GPU: torch's peak allocation), the ratios, and
-the largest pixel difference between the two sides' pictures.
+under --workdir); `--family embedded` takes the shipped model's own file and a prompt it knows. Each
+side then runs in its own fresh process, so peak memory is its own: loading the file (diffusers:
+`from_single_file` with the matching local config folder), one warm-up image, then --images timed
+images, same prompt, seed, sampler (DPM++ 2M) and CFG. Printed: seconds per image, peak private
+memory (CPU: sampled RssAnon; GPU: torch's peak allocation), the ratios, and the largest pixel
+difference between the two sides' pictures.
 """
 
 from __future__ import annotations
@@ -25,8 +27,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-PROMPT = "a cyberpunk street at night, neon lights, rain"  # plain: diffusers has no emphasis syntax
-NEGATIVE = "blurry, lowres"
+PROMPTS = {  # plain: diffusers has no emphasis syntax
+    "sd1": ("a cyberpunk street at night, neon lights, rain", "blurry, lowres"),
+    "sdxl": ("a cyberpunk street at night, neon lights, rain", "blurry, lowres"),
+    "embedded": ("a red circle on a blue background", ""),
+}
+DEFAULTS = {"embedded": {"size": 64, "steps": 20}, "sd1": {"size": 256, "steps": 4}, "sdxl": {"size": 256, "steps": 4}}
 SEED = 1234
 
 
@@ -73,12 +79,19 @@ def build_components(family: str):
 
 def prepare(family: str, workdir: Path) -> tuple[Path, Path]:
     """The checkpoint file and a diffusers config folder (configs only, no weights) for the peer."""
+    if family == "embedded":
+        from brushwork.models.single_file import load_single_file
+        from brushwork.models.store import EMBEDDED_MODEL
+
+        configs = workdir / "embedded-configs"
+        if not (configs / "model_index.json").exists():
+            write_configs(load_single_file(EMBEDDED_MODEL), configs)
+        return EMBEDDED_MODEL, configs
     checkpoint = workdir / f"random-{family}.safetensors"
     configs = workdir / f"random-{family}-configs"
     if checkpoint.exists() and (configs / "model_index.json").exists():
         return checkpoint, configs
     import torch
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from brushwork.models.single_file import save_single_file
 
@@ -86,6 +99,15 @@ def prepare(family: str, workdir: Path) -> tuple[Path, Path]:
     print(f"writing random {family} weights to {checkpoint} ...", flush=True)
     components = build_components(family)
     save_single_file(components, checkpoint, dtype=torch.float16)
+    write_configs(components, configs)
+    return checkpoint, configs
+
+
+def write_configs(components, configs: Path) -> None:
+    """The diffusers folder layout of `components`, configs and tokenizers only, for `from_single_file(config=...)`."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    family = components.family
     names = {"unet": components.unet, "vae": components.vae, "text_encoder": components.text_encoders[0],
              "tokenizer": components.tokenizers[0]}
     if family == "sdxl":
@@ -97,8 +119,6 @@ def prepare(family: str, workdir: Path) -> tuple[Path, Path]:
             module.save_pretrained(str(configs / folder))
         else:
             module.config.save_pretrained(str(configs / folder))
-    from diffusers import EulerDiscreteScheduler
-
     EulerDiscreteScheduler.from_config(components.scheduler_config).save_config(str(configs / "scheduler"))
     pipeline_cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     index = {"_class_name": pipeline_cls.__name__, "_diffusers_version": "0.42.1",
@@ -109,7 +129,6 @@ def prepare(family: str, workdir: Path) -> tuple[Path, Path]:
     if family == "sd1":
         index |= {"safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False}
     (configs / "model_index.json").write_text(json.dumps(index, indent=2))
-    return checkpoint, configs
 
 
 class PeakMemory:
@@ -153,6 +172,7 @@ def worker(args) -> None:
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
+    prompt, negative = PROMPTS[args.family]
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32
     with PeakMemory(args.device) as memory:
         started = time.perf_counter()
@@ -162,7 +182,7 @@ def worker(args) -> None:
             from brushwork.recipe import Recipe
 
             engine = Engine(ModelStore(allow_paths=True, device=args.device, dtype=dtype))
-            recipe = Recipe(prompt=PROMPT, negative_prompt=NEGATIVE, model=str(args.checkpoint), sampler="DPM++ 2M",
+            recipe = Recipe(prompt=prompt, negative_prompt=negative, model=str(args.checkpoint), sampler="DPM++ 2M",
                             steps=args.steps, cfg_scale=7, seed=SEED, width=args.size, height=args.size)
             engine.store.load(recipe.model)
 
@@ -179,7 +199,7 @@ def worker(args) -> None:
 
             def make():
                 generator = torch.Generator("cpu").manual_seed(SEED)
-                return np.asarray(pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=args.steps, guidance_scale=7,
+                return np.asarray(pipe(prompt, negative_prompt=negative, num_inference_steps=args.steps, guidance_scale=7,
                                        width=args.size, height=args.size, generator=generator).images[0])
         load_seconds = time.perf_counter() - started
         make()  # warm-up: first-call allocations and kernel selection
@@ -198,9 +218,9 @@ def worker(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", choices=("sd1", "sdxl"), default="sd1")
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--family", choices=tuple(PROMPTS), default="sd1")
+    parser.add_argument("--size", type=int, help="picture side (default: 64 for embedded, else 256)")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: 20 for embedded, else 4)")
     parser.add_argument("--images", type=int, default=3, help="timed images per side (median reported)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32")
@@ -209,6 +229,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--configs", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    for name, value in DEFAULTS[args.family].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.worker:
         worker(args)
         return
