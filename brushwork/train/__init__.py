@@ -1,6 +1,6 @@
 """Training brushwork's embedded model from scratch: a tiny SD 1.x-architecture text-to-image model.
 
-    brushwork data shapes DATA --count 30000                    # the pictures (brushwork.shapes)
+    brushwork data shapes DATA --count 20000                    # the pictures (brushwork.shapes)
     brushwork train base --data DATA -o model.safetensors --preset full
     brushwork eval shapes --model model.safetensors --cfg-scale 1 7
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import platform
 import time
 from dataclasses import dataclass, field, replace
@@ -275,8 +274,3 @@ def _ema_components(components, trainer: DiffusionTrainer, scale: float, spec: M
 def _tail_mean(losses: list[float], count: int = 100) -> float | None:
     tail = losses[-count:]
     return float(sum(tail) / len(tail)) if tail else None
-
-
-def default_threads() -> int:
-    """Threads for training: every core (the default is already that on most systems)."""
-    return max(1, os.cpu_count() or 1)

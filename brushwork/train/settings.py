@@ -69,13 +69,17 @@ class TrainSettings:
 
 
 PRESETS: dict[str, TrainSettings] = {
-    # ~6 min VAE + ~1.5 min encoding + ~17 min diffusion on 2 otherwise idle Zen cores (see __init__.py).
+    # ~6.5 min VAE + ~1.5 min encoding + ~18 min diffusion on 2 otherwise idle Zen 5 cores (see __init__.py).
     "quick": TrainSettings(
-        vae_steps=1000, max_images=10000, steps=1300, lr=1e-3, warmup_steps=100, ema_decay=0.995,
+        vae_steps=1500, max_images=10000, steps=1300, lr=1e-3, warmup_steps=100, ema_decay=0.995,
         sample_every=500, checkpoint_every=200,
     ),
-    # The shipped model's recipe: run it on 30,000 pictures (`brushwork data shapes DIR --count 30000`).
-    "full": TrainSettings(vae_steps=4000, steps=10000, lr=5e-4, warmup_steps=300, ema_decay=0.9995),
+    # The shipped model's recipe, on 20,000 pictures (`brushwork data shapes DIR --count 20000`): ~17 min VAE +
+    # ~3 min encoding + ~100 min diffusion on 2 idle cores. Its record is in docs/benchmarks.md.
+    "full": TrainSettings(
+        vae_steps=4000, steps=7000, lr=1e-3, warmup_steps=200, ema_decay=0.999,
+        sample_every=1000, checkpoint_every=250,
+    ),
     # For tests: seconds, not minutes.
     "toy": TrainSettings(
         arch="toy", vae_steps=4, vae_batch_size=4, steps=6, batch_size=4, warmup_steps=2, lr=1e-3,
