@@ -40,14 +40,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(models_dir: Path, data_dir: Path, port: int, log: Path) -> Iterator[subprocess.Popen]:
-    """`brushwork serve` on 127.0.0.1:port, ready to answer; stopped (if still alive) on exit."""
+def serve(models_dir: Path | None, data_dir: Path, port: int, log: Path) -> Iterator[subprocess.Popen]:
+    """`brushwork serve` on 127.0.0.1:port, ready to answer; stopped (if still alive) on exit. Without a
+    models folder the server paints with the embedded model."""
     # One thread per process: tiny models gain nothing from more, and oversubscribed OpenMP threads on a
     # busy machine slow every step down by orders of magnitude.
     env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
                         "XDG_CACHE_HOME": str(data_dir.parent / "cache")}
     command = [sys.executable, "-m", "brushwork.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--models-dir", str(models_dir), "--data-dir", str(data_dir)]
+               "--data-dir", str(data_dir)] + (["--models-dir", str(models_dir)] if models_dir else [])
     with open(log, "ab") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
     try:
@@ -133,7 +134,8 @@ def test_sigkill_mid_run_then_restart_finishes_every_job_once(models_dir, tmp_pa
 CLIENTS, JOBS_EACH = 50, 4
 
 
-def test_fifty_concurrent_clients_get_every_picture(models_dir, tmp_path):
+def test_fifty_concurrent_clients_get_every_picture(tmp_path):
+    """On the embedded model (no models folder), at its native 64x64."""
     port, errors, finished = free_port(), [], []
     lock = threading.Lock()
 
@@ -142,8 +144,8 @@ def test_fifty_concurrent_clients_get_every_picture(models_dir, tmp_path):
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
                 ids = []
                 for index in range(JOBS_EACH):
-                    recipe = {"prompt": f"client {number} job {index}", "seed": number * 100 + index, "steps": 2,
-                              "width": 32, "height": 32}
+                    recipe = {"prompt": f"a red circle, client {number} job {index}", "seed": number * 100 + index,
+                              "steps": 2}
                     response = http.post("/api/v1/jobs", json=recipe)
                     assert response.status_code == 202, response.text
                     ids.append((response.json()["id"], recipe["seed"]))
@@ -158,14 +160,14 @@ def test_fifty_concurrent_clients_get_every_picture(models_dir, tmp_path):
                     assert [image["seed"] for image in last["images"]] == [seed]
                     picture = http.get(last["images"][0]["url"])
                     assert picture.status_code == 200
-                    check_png(picture.content, (32, 32), seed)
+                    check_png(picture.content, (64, 64), seed)
                     with lock:
                         finished.append(job_id)
         except Exception as error:  # collected, so one failure does not hide the others
             with lock:
                 errors.append(f"client {number}: {type(error).__name__}: {error}")
 
-    with serve(models_dir, tmp_path / "data", port, tmp_path / "server.log"):
+    with serve(None, tmp_path / "data", port, tmp_path / "server.log"):
         started = time.monotonic()
         threads = [threading.Thread(target=client, args=(number,)) for number in range(CLIENTS)]
         for thread in threads:
