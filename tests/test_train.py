@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers import DDPMScheduler
 
 from brushwork.cli import main
 from brushwork.errors import BrushworkError
@@ -93,6 +94,10 @@ def test_default_architecture_fits_the_size_budget() -> None:
     assert components.unet.config.attention_head_dim == 8  # SD 1.x: 8 heads per level
     assert components.text_encoders[0].config.vocab_size == 49408
     assert 2 ** (len(components.vae.config.block_out_channels) - 1) == 4  # 64 px -> 16x16 latents
+    # At the last timestep a 16x16 latent keeps < 0.05% of its signal (SD's schedule keeps 0.47%), so the
+    # layout of a picture must come from the prompt, not from leftovers of the picture in the noise.
+    schedule = DDPMScheduler.from_config(components.scheduler_config)
+    assert schedule.alphas_cumprod[-1] < 5e-4
 
 
 # --- stages -------------------------------------------------------------------------------------------
@@ -128,6 +133,36 @@ def test_diffusion_steps_lower_the_loss(toy_data: Path) -> None:
     for step in range(15):
         trainer.step(step)
     assert trainer.evaluation_loss(yardstick) < 0.9 * before
+
+
+def test_the_model_learns_v_and_keeps_the_noisiest_steps_weighted(toy_data: Path) -> None:
+    trainer = _toy_trainer(toy_data, batch_size=8)
+    assert trainer.predicts_v and TOY_SPEC.prediction_type == "v_prediction"
+    batch = trainer.batch(0)
+    alpha_bar = trainer.alphas_cumprod[batch["timesteps"]].view(-1, 1, 1, 1)
+    picked = batch_indices(len(trainer.latents), 8, 0, trainer.settings.seed)
+    clean = trainer.latents.mean[picked] * trainer.latents.scale
+    # v is what turns the noisy latent back into the picture: x0 = sqrt(abar) x_t - sqrt(1 - abar) v.
+    rebuilt = alpha_bar.sqrt() * batch["noisy"] - (1 - alpha_bar).sqrt() * batch["target"]
+    assert torch.allclose(rebuilt, clean, atol=1e-4)
+    # Weight on the picture error = weight * (SNR + 1): 1 at the noisiest steps, capped at gamma (5) near clean.
+    snr = (alpha_bar / (1 - alpha_bar)).flatten()
+    on_picture = batch["weights"] * (snr + 1)
+    assert torch.allclose(on_picture, torch.clamp(snr + 1, max=5.0), rtol=1e-4)
+
+
+def test_an_epsilon_model_learns_the_noise(toy_data: Path) -> None:
+    reference = _toy_trainer(toy_data, batch_size=8)
+    config = dict(build_components(TOY_SPEC).scheduler_config, prediction_type="epsilon")
+    trainer = DiffusionTrainer(reference.unet, reference.text_encoder, reference.latents, reference.empty_ids, config,
+                               reference.settings)
+    batch = trainer.batch(0)
+    assert not trainer.predicts_v
+    assert torch.allclose(batch["noisy"], reference.batch(0)["noisy"])  # the same noise and timesteps
+    alpha_bar = trainer.alphas_cumprod[batch["timesteps"]].view(-1, 1, 1, 1)
+    clean = (batch["noisy"] - (1 - alpha_bar).sqrt() * batch["target"]) / alpha_bar.sqrt()
+    picked = batch_indices(len(trainer.latents), 8, 0, trainer.settings.seed)
+    assert torch.allclose(clean, trainer.latents.mean[picked] * trainer.latents.scale, atol=1e-3)
 
 
 # --- the whole run: interrupt, resume, output ---------------------------------------------------------
@@ -192,6 +227,30 @@ def test_resume_refuses_other_settings_and_other_data(toy_data: Path, tmp_path: 
         _train(other, output, resume=True)
 
 
+def test_vae_from_an_earlier_model_replaces_stage_one(toy_data: Path, tmp_path: Path, uninterrupted: Path) -> None:
+    from brushwork.models.single_file import read_state_dict
+
+    output = tmp_path / "model.safetensors"
+    stages = set()
+    report = _train(toy_data, output, vae_from=uninterrupted, on_step=lambda stage, done, loss: stages.add(stage))
+    assert stages == {"diffusion"}  # not one VAE step
+    assert report.record["vae_from"] == str(uninterrupted.resolve()) and "vae" not in report.record["wall_seconds"]
+    donor, written = read_state_dict(uninterrupted), read_state_dict(output)
+    vae_keys = [k for k in donor if k.startswith("first_stage_model.")]
+    assert vae_keys and all(torch.equal(donor[k], written[k]) for k in vae_keys)
+    assert report.record["latent_scale"] == pytest.approx(
+        json.loads(uninterrupted.with_suffix(".json").read_text(encoding="utf-8"))["latent_scale"], rel=1e-3)
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(uninterrupted.read_bytes())
+    with pytest.raises(BrushworkError, match="resume without --vae-from"):
+        _train(toy_data, output, resume=True, vae_from=other)
+
+
+def test_vae_from_a_model_of_another_architecture_is_refused(toy_data: Path, tmp_path: Path, uninterrupted: Path) -> None:
+    with pytest.raises(BrushworkError, match="does not fit"):
+        _train(toy_data, tmp_path / "model.safetensors", vae_from=uninterrupted, overrides={"arch": "base"})
+
+
 def test_written_model_loads_through_the_single_file_path_and_paints(uninterrupted: Path, tmp_path: Path) -> None:
     from brushwork.engine.engine import Engine
     from brushwork.models.single_file import load_single_file
@@ -203,6 +262,9 @@ def test_written_model_loads_through_the_single_file_path_and_paints(uninterrupt
     loaded = load_single_file(uninterrupted)
     assert loaded.family == "sd1" and loaded.native_size == 32
     assert loaded.vae.config.scaling_factor == pytest.approx(record["latent_scale"])
+    # The noise schedule it was trained with travels in the yaml, so samplers use the same sigmas.
+    assert TOY_SPEC.beta_end != 0.012  # not SD's, so the assertion below proves the yaml was read
+    assert loaded.scheduler_config["beta_end"] == pytest.approx(TOY_SPEC.beta_end)
     assert list(loaded.vae.config.block_out_channels) == list(TOY_SPEC.vae_channels)
     assert list(loaded.unet.config.block_out_channels) == list(TOY_SPEC.unet_channels)
 
@@ -263,7 +325,7 @@ def test_train_command_writes_model_yaml_and_record(toy_data: Path, tmp_path: Pa
     assert main([*argv, "--resume"]) == 0  # nothing left to do: rewrites the same model
 
 
-@pytest.mark.parametrize("problem", ["missing", "empty", "not safetensors", "no steps", "no threads"])
+@pytest.mark.parametrize("problem", ["missing", "empty", "not safetensors", "no steps", "no threads", "no vae file"])
 def test_train_command_rejects_bad_input(tmp_path: Path, problem: str, capsys) -> None:
     data = tmp_path / "data"
     if problem != "missing":
@@ -271,11 +333,13 @@ def test_train_command_rejects_bad_input(tmp_path: Path, problem: str, capsys) -
     if problem not in ("missing", "empty"):
         make_dataset(data, 2, seed=0, size=32)
     output = tmp_path / ("model.ckpt" if problem == "not safetensors" else "model.safetensors")
-    extra = {"no steps": ["--steps", "0"], "no threads": ["--threads", "0"]}.get(problem, [])
+    extra = {"no steps": ["--steps", "0"], "no threads": ["--threads", "0"],
+             "no vae file": ["--vae-from", str(tmp_path / "absent.safetensors")]}.get(problem, [])
     argv = ["train", "base", "--data", str(data), "-o", str(output), "--preset", "toy", "--no-progress", *extra]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1
+    assert not state_dir_for(output).exists()  # nothing half-started that a corrected command would trip over
 
 
 def test_vae_crops_sit_on_the_latent_grid() -> None:

@@ -34,6 +34,8 @@ def add_parser(subparsers) -> None:
     base.add_argument("--preset", choices=sorted(PRESETS), default=None,
                       help="quick: under 30 minutes on 2 cores; full: the shipped model's recipe (default: quick)")
     base.add_argument("--resume", action="store_true", help="continue the run saved in the state folder")
+    base.add_argument("--vae-from", dest="vae_from", type=Path, default=None, metavar="MODEL",
+                      help="skip stage 1: take the VAE of this model file (same architecture), e.g. the shipped model's")
     base.add_argument("--seed", type=int, default=None)
     base.add_argument("--vae-steps", dest="vae_steps", type=int, default=None, help="stage 1 steps")
     base.add_argument("--steps", type=int, default=None, help="stage 2 (diffusion) steps")
@@ -65,7 +67,7 @@ def run_base(args: argparse.Namespace) -> int:
     command = shlex.join(["brushwork", *sys.argv[1:]]) if sys.argv and "brushwork" in sys.argv[0] else ""
     try:
         train_base(
-            args.data, args.output, preset=args.preset, resume=args.resume, command=command,
+            args.data, args.output, preset=args.preset, resume=args.resume, vae_from=args.vae_from, command=command,
             overrides={name: getattr(args, name) for name in OVERRIDES},
             should_stop=stop.is_set, progress=args.progress, say=lambda text: print(text, file=sys.stderr),
         )

@@ -10,7 +10,7 @@
     settings        hyper-parameters and the presets (quick, full, toy)
     data            the picture folder in memory, tokenization as the engine does it, batch order
     vae             stage 1: the VAE (an autoencoder on 32x32 crops), then the data set encoded once
-    diffusion       stage 2: text encoder + U-Net, epsilon prediction, Min-SNR weights, caption dropout, EMA
+    diffusion       stage 2: text encoder + U-Net, v prediction, Min-SNR weights, caption dropout, EMA
     loop            the step loop: learning-rate schedule, tqdm bar (loss, it/s, ETA), checkpoints, Ctrl-C
     state           the state folder beside the output (model.train/) that --resume continues from
     export          the fp16 single-file checkpoint + sibling yaml; sample grids through the Engine

@@ -6,6 +6,9 @@
     4. train text encoder + U-Net                (diffusion.DiffusionTrainer)     stage 2
     5. write model.safetensors (+ .yaml, .json)  (export.write_model)
 
+Stage 1 can instead take the VAE of an earlier model file (`vae_from`), as SD 2 kept SD 1's VAE: a new
+U-Net and text encoder then train on the same latents without spending the VAE's hour again.
+
 Each stage checkpoints into the state folder beside the output (`state.TrainingState`) so an
 interrupted run continues with `resume=True` exactly where it stopped.
 """
@@ -58,6 +61,7 @@ def train_base(
     preset: str | None = "quick",
     overrides: dict[str, Any] | None = None,
     resume: bool = False,
+    vae_from: str | Path | None = None,
     command: str = "",
     should_stop: Callable[[], bool] | None = None,
     on_step: Callable[[str, int, float], None] | None = None,
@@ -75,8 +79,12 @@ def train_base(
         raise BrushworkError(f"the output must be a .safetensors file (got {output.name})")
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     state = TrainingState(state_dir_for(output))
+    if vae_from is not None and not Path(vae_from).expanduser().is_file():
+        raise BrushworkError(f"--vae-from: no model file at {vae_from}")
     settings, resumed = _settings_for(state, preset, overrides, resume, say)
-
+    if resumed:
+        vae_from = _same_vae_source(state.read_run().get("vae_from"), vae_from)
+    vae_from = str(Path(vae_from).expanduser().resolve()) if vae_from is not None else None
     data = load_folder(data_dir, settings.max_images)
     spec = replace(settings.spec, image_size=data.size)
     run = {
@@ -87,6 +95,7 @@ def train_base(
         "data": {"folder": str(Path(data_dir).expanduser().resolve()), "images": len(data), "size": data.size,
                  "fingerprint": data.fingerprint},
         "command": command,
+        "vae_from": vae_from,
     }
     if resumed:
         _check_same_data(state.read_run(), run)
@@ -100,7 +109,7 @@ def train_base(
                       should_stop=stop, on_step=on_step, progress=progress)
 
     # --- stage 1: VAE, then the data set encoded once ---------------------------------------------------
-    latents, vae_record = _stage_vae(components, data, settings, state, hooks, timings, say)
+    latents, vae_record = _stage_vae(components, data, settings, state, hooks, timings, say, vae_from)
 
     # --- stage 2: text encoder + U-Net -------------------------------------------------------------------
     tokenizer = components.tokenizers[0]
@@ -216,11 +225,18 @@ def _check_same_data(saved_run: dict[str, Any], run: dict[str, Any]) -> None:
         )
 
 
+def _same_vae_source(saved: str | None, given: str | Path | None) -> str | None:
+    if given is not None and saved != str(Path(given).expanduser().resolve()):
+        raise BrushworkError(f"the run being resumed took its VAE from {saved or 'its own stage 1'}, not {given}; "
+                             "resume without --vae-from")
+    return saved
+
+
 def _stage_vae(
     components, data: ShapesData, settings: TrainSettings, state: TrainingState, hooks: LoopHooks,
-    timings: dict[str, float], say: Callable[[str], None],
+    timings: dict[str, float], say: Callable[[str], None], vae_from: str | None,
 ) -> tuple[LatentSet, dict[str, Any]]:
-    """Train (or restore) the VAE and return the encoded data set and a note on reconstruction quality."""
+    """Train (or restore, or take from `vae_from`) the VAE; return the encoded data set and a note on its quality."""
     vae = components.vae
     cached = state.load("latents.pt")
     if cached is not None:
@@ -232,14 +248,19 @@ def _stage_vae(
         timings["vae_all_sessions"] = float(saved.get("elapsed", 0.0))
         return LatentSet.from_dict(cached["latents"]), cached.get("vae_quality", {})
 
-    saved = state.load("vae.pt")
-    if saved is not None and int(saved["step"]) < settings.vae_steps:
-        say(f"resuming the VAE stage at step {saved['step']} of {settings.vae_steps}")
-    result = train_vae(vae, data, settings, state, hooks)
-    timings["vae"] = result.seconds
-    timings["vae_all_sessions"] = result.elapsed_total
-    if result.losses:
-        timings["vae_steps_per_second"] = result.steps_per_second
+    if vae_from is not None:
+        _load_vae_from(vae_from, vae)
+        state.save("vae.pt", {"step": 0, "vae": vae.state_dict(), "elapsed": 0.0, "from": vae_from})
+        say(f"VAE: taken from {vae_from}; stage 1 skipped")
+    else:
+        saved = state.load("vae.pt")
+        if saved is not None and int(saved["step"]) < settings.vae_steps:
+            say(f"resuming the VAE stage at step {saved['step']} of {settings.vae_steps}")
+        result = train_vae(vae, data, settings, state, hooks)
+        timings["vae"] = result.seconds
+        timings["vae_all_sessions"] = result.elapsed_total
+        if result.losses:
+            timings["vae_steps_per_second"] = result.steps_per_second
 
     encode_started = time.perf_counter()
     mean = encode_dataset(vae, data.images)
@@ -251,6 +272,22 @@ def _stage_vae(
         f"{quality['pictures']} reconstructions as their captions say; latent scale {latents.scale:.4f}")
     state.save("latents.pt", {"latents": latents.to_dict(), "vae_quality": quality})
     return latents, quality
+
+
+def _load_vae_from(path: str, vae) -> None:
+    """Put the VAE weights of the model file at `path` into `vae`, which must have the same architecture."""
+    from brushwork.models.single_file import load_single_file
+
+    donor = load_single_file(path).vae
+    try:
+        vae.load_state_dict({k: v.float() for k, v in donor.state_dict().items()})
+    except RuntimeError as error:
+        raise BrushworkError(
+            f"--vae-from: the VAE in {Path(path).name} (channels {list(donor.config.block_out_channels)}, "
+            f"{donor.config.latent_channels} latent channels) does not fit the one being trained (channels "
+            f"{list(vae.config.block_out_channels)}, {vae.config.latent_channels} latent channels)"
+        ) from error
+    vae.eval()
 
 
 def vae_quality(vae, data: ShapesData, count: int = VAE_CHECK_PICTURES) -> dict[str, Any]:
@@ -268,7 +305,8 @@ def vae_quality(vae, data: ShapesData, count: int = VAE_CHECK_PICTURES) -> dict[
 
 
 def _ema_components(components, trainer: DiffusionTrainer, scale: float, spec: ModelSpec):
-    return assemble(components.vae, trainer.ema_text.shadow, trainer.ema_unet.shadow, scale, spec.image_size)
+    return assemble(components.vae, trainer.ema_text.shadow, trainer.ema_unet.shadow, scale, spec.image_size,
+                    spec.beta_end, spec.prediction_type)
 
 
 def _tail_mean(losses: list[float], count: int = 100) -> float | None:

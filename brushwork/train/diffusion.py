@@ -1,11 +1,14 @@
 """Stage 2: train the text encoder and the U-Net together with the diffusion loss.
 
 Per step, as in diffusers' `train_text_to_image.py`: take a batch of pre-encoded latents (times the
-scaling factor), add noise at uniformly drawn timesteps of SD's
-schedule, and regress the noise (epsilon prediction). 10% of captions are replaced by "" so the same
-network is also the unconditional model classifier-free guidance needs. The loss is Min-SNR weighted
-(min(SNR, 5) / SNR), which spends less effort on nearly clean timesteps and speeds up convergence.
-AdamW with warm-up and cosine decay; the saved model is the exponential moving average of the weights.
+scaling factor), add noise at uniformly drawn timesteps of the model's schedule, and regress the
+scheduler's target: the noise (epsilon prediction) or v = sqrt(abar) * noise - sqrt(1 - abar) * latent
+(v prediction). 10% of captions are replaced by "" so the same network is also the unconditional model
+classifier-free guidance needs. The loss is Min-SNR weighted so nearly clean timesteps do not dominate:
+in terms of the error on the picture, weight min(SNR, 5) for epsilon (Hang et al. 2023) and
+min(SNR + 1, 5) for v, which keeps the noisiest timesteps - where the layout is decided - at weight 1
+instead of ~SNR. AdamW with warm-up and cosine decay; the saved model is the exponential moving
+average of the weights.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class DiffusionTrainer:
         self.settings = settings
         schedule = DDPMScheduler.from_config(scheduler_config)
         self.alphas_cumprod = schedule.alphas_cumprod.float()
+        self.predicts_v = schedule.config.prediction_type == "v_prediction"
         self.num_timesteps = int(schedule.config.num_train_timesteps)
         self.params = [p for p in (*unet.parameters(), *text_encoder.parameters()) if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=settings.lr, betas=(0.9, 0.999), weight_decay=settings.weight_decay)
@@ -84,14 +88,20 @@ class DiffusionTrainer:
         alpha_bar = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
         noisy = alpha_bar.sqrt() * clean + (1 - alpha_bar).sqrt() * noise
         snr = alpha_bar.flatten() / (1 - alpha_bar.flatten())
-        weights = torch.clamp(snr, max=s.snr_gamma) / snr if s.snr_gamma > 0 else torch.ones_like(snr)
-        return {"noisy": noisy, "timesteps": timesteps, "noise": noise, "ids": ids, "weights": weights}
+        if self.predicts_v:
+            target = alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * clean
+            # A v error is sqrt(SNR + 1) picture errors: weight min(SNR + 1, gamma) on the picture.
+            weights = torch.clamp(snr + 1, max=s.snr_gamma) / (snr + 1) if s.snr_gamma > 0 else torch.ones_like(snr)
+        else:
+            target = noise
+            weights = torch.clamp(snr, max=s.snr_gamma) / snr if s.snr_gamma > 0 else torch.ones_like(snr)
+        return {"noisy": noisy, "timesteps": timesteps, "target": target, "ids": ids, "weights": weights}
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.settings.bf16):
             context = self.text_encoder(batch["ids"]).last_hidden_state
             prediction = self.unet(batch["noisy"], batch["timesteps"], encoder_hidden_states=context).sample
-        per_sample = F.mse_loss(prediction.float(), batch["noise"], reduction="none").mean(dim=(1, 2, 3))
+        per_sample = F.mse_loss(prediction.float(), batch["target"], reduction="none").mean(dim=(1, 2, 3))
         return (per_sample * batch["weights"]).mean()
 
     def step(self, index: int) -> float:

@@ -3,8 +3,10 @@
 The file is what any SD 1.x checkpoint is (ldm key layout, `save_single_file`, fp16), plus:
 
 * safetensors metadata `modelspec.resolution` = the native size (64x64), which the loader reads;
-* a sibling A1111 yaml (`model.yaml` beside `model.safetensors`) holding only `scale_factor`, the
-  VAE latent scaling this VAE needs instead of SD's 0.18215.
+* safetensors metadata `modelspec.prediction_type` (what the U-Net predicts), read by the loader too;
+* a sibling A1111 yaml (`model.yaml` beside `model.safetensors`) holding `scale_factor`, the VAE
+  latent scaling this VAE needs instead of SD's 0.18215, `linear_start`/`linear_end`, the noise
+  schedule the model was trained with (`ModelSpec.beta_end`), and `parameterization` ("v" or "eps").
 
 Sample grids go through `Engine.run` from that file, exactly as a user's pictures would.
 """
@@ -37,9 +39,11 @@ SAMPLE_SEEDS = 4
 
 
 def assemble(
-    vae: AutoencoderKL, text_encoder: CLIPTextModel, unet: UNet2DConditionModel, scale: float, native_size: int
+    vae: AutoencoderKL, text_encoder: CLIPTextModel, unet: UNet2DConditionModel, scale: float, native_size: int,
+    beta_end: float = BASE_SCHEDULER_CONFIG["beta_end"], prediction_type: str = "epsilon",
 ) -> Components:
-    """The trained modules as Components, with the VAE's scaling factor set to `scale`."""
+    """The trained modules as Components, with the VAE's scaling factor set to `scale`, SD's noise
+    schedule ending at `beta_end`, and the U-Net predicting `prediction_type`."""
     vae.register_to_config(scaling_factor=float(scale))
     return Components(
         family="sd1",
@@ -47,7 +51,7 @@ def assemble(
         vae=vae,
         text_encoders=[text_encoder],
         tokenizers=[shipped_tokenizer(open_clip=False)],
-        scheduler_config=dict(BASE_SCHEDULER_CONFIG),
+        scheduler_config=dict(BASE_SCHEDULER_CONFIG, beta_end=float(beta_end), prediction_type=prediction_type),
         native_size=native_size,
     )
 
@@ -60,10 +64,18 @@ def write_model(components: Components, path: str | Path, metadata: dict[str, st
     """Write the fp16 checkpoint and its sibling yaml; returns the checkpoint's size in bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    schedule = components.scheduler_config
+    prediction_type = schedule.get("prediction_type", "epsilon")
+    metadata = {**(metadata or {}), "modelspec.prediction_type": prediction_type}
     save_single_file(components, path, dtype=torch.float16, metadata=metadata)
-    config = {"model": {"params": {"scale_factor": float(components.vae.config.scaling_factor)}}}
+    config = {"model": {"params": {
+        "scale_factor": float(components.vae.config.scaling_factor),
+        "linear_start": float(schedule["beta_start"]),
+        "linear_end": float(schedule["beta_end"]),
+        "parameterization": "v" if prediction_type == "v_prediction" else "eps",
+    }}}
     sibling_yaml_path(path).write_text(
-        "# brushwork: the latent scaling factor of this model's own VAE (A1111 model.yaml layout)\n"
+        "# brushwork: this model's own VAE latent scaling and noise schedule (A1111 model.yaml layout)\n"
         + yaml.safe_dump(config, sort_keys=False),
         encoding="utf-8",
     )

@@ -78,7 +78,8 @@ def build_components(spec: ModelSpec, seed: int = 0, scaling_factor: float = 1.0
     """A freshly initialised (untrained) model of `spec`; the same seed gives the same weights."""
     torch.manual_seed(seed)
     vae = build_vae(spec, scaling_factor)
-    return assemble(vae, build_text_encoder(spec), build_unet(spec), scaling_factor, spec.image_size)
+    return assemble(vae, build_text_encoder(spec), build_unet(spec), scaling_factor, spec.image_size,
+                    spec.beta_end, spec.prediction_type)
 
 
 def count_parameters(module: torch.nn.Module) -> int:

@@ -27,7 +27,7 @@ class TrainSettings:
     vae_lr: float = 1e-3
     vae_latent_weight: float = 1e-4  # L2 pull of the latents towards 0, against the mean L1 per pixel
     vae_edge_weight: float = 0.5  # L1 on horizontal/vertical pixel differences: keeps edges crisp
-    # Stage 2: text encoder + U-Net, epsilon prediction.
+    # Stage 2: text encoder + U-Net (the prediction type is the ModelSpec's).
     steps: int = 10000
     batch_size: int = 64
     lr: float = 5e-4
