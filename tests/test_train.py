@@ -246,9 +246,24 @@ def test_vae_from_an_earlier_model_replaces_stage_one(toy_data: Path, tmp_path: 
         _train(toy_data, output, resume=True, vae_from=other)
 
 
-def test_vae_from_a_model_of_another_architecture_is_refused(toy_data: Path, tmp_path: Path, uninterrupted: Path) -> None:
+def test_init_from_an_earlier_model_fine_tunes_it(toy_data: Path, tmp_path: Path, uninterrupted: Path) -> None:
+    from brushwork.models.single_file import read_state_dict
+
+    output = tmp_path / "model.safetensors"
+    # One step at learning rate 0 leaves the starting weights as they are, so the file shows where stage 2 began.
+    report = _train(toy_data, output, init_from=uninterrupted, overrides={"steps": 1, "lr": 0.0})
+    assert report.record["init_from"] == report.record["vae_from"] == str(uninterrupted.resolve())
+    donor, written = read_state_dict(uninterrupted), read_state_dict(output)
+    assert donor.keys() == written.keys()
+    assert all(torch.equal(donor[k], written[k]) for k in donor), "VAE, U-Net and text encoder all come from the donor"
+    with pytest.raises(BrushworkError, match="drop --vae-from"):
+        _train(toy_data, tmp_path / "other.safetensors", init_from=uninterrupted, vae_from=output)
+
+
+@pytest.mark.parametrize("flag", ["vae_from", "init_from"])
+def test_a_model_of_another_architecture_is_refused(toy_data: Path, tmp_path: Path, uninterrupted: Path, flag: str) -> None:
     with pytest.raises(BrushworkError, match="does not fit"):
-        _train(toy_data, tmp_path / "model.safetensors", vae_from=uninterrupted, overrides={"arch": "base"})
+        _train(toy_data, tmp_path / "model.safetensors", overrides={"arch": "base"}, **{flag: uninterrupted})
 
 
 def test_written_model_loads_through_the_single_file_path_and_paints(uninterrupted: Path, tmp_path: Path) -> None:

@@ -36,6 +36,9 @@ def add_parser(subparsers) -> None:
     base.add_argument("--resume", action="store_true", help="continue the run saved in the state folder")
     base.add_argument("--vae-from", dest="vae_from", type=Path, default=None, metavar="MODEL",
                       help="skip stage 1: take the VAE of this model file (same architecture), e.g. the shipped model's")
+    base.add_argument("--init-from", dest="init_from", type=Path, default=None, metavar="MODEL",
+                      help="fine-tune this model file (same architecture): keep its VAE, start stage 2 from its "
+                           "U-Net and text encoder")
     base.add_argument("--seed", type=int, default=None)
     base.add_argument("--vae-steps", dest="vae_steps", type=int, default=None, help="stage 1 steps")
     base.add_argument("--steps", type=int, default=None, help="stage 2 (diffusion) steps")
@@ -67,7 +70,8 @@ def run_base(args: argparse.Namespace) -> int:
     command = shlex.join(["brushwork", *sys.argv[1:]]) if sys.argv and "brushwork" in sys.argv[0] else ""
     try:
         train_base(
-            args.data, args.output, preset=args.preset, resume=args.resume, vae_from=args.vae_from, command=command,
+            args.data, args.output, preset=args.preset, resume=args.resume, vae_from=args.vae_from,
+            init_from=args.init_from, command=command,
             overrides={name: getattr(args, name) for name in OVERRIDES},
             should_stop=stop.is_set, progress=args.progress, say=lambda text: print(text, file=sys.stderr),
         )

@@ -7,7 +7,9 @@
     5. write model.safetensors (+ .yaml, .json)  (export.write_model)
 
 Stage 1 can instead take the VAE of an earlier model file (`vae_from`), as SD 2 kept SD 1's VAE: a new
-U-Net and text encoder then train on the same latents without spending the VAE's hour again.
+U-Net and text encoder then train on the same latents without spending the VAE's hour again. `init_from`
+goes further and fine-tunes an earlier model: its VAE is kept, and its U-Net and text encoder are where
+stage 2 starts, trained with this run's schedule and prediction type.
 
 Each stage checkpoints into the state folder beside the output (`state.TrainingState`) so an
 interrupted run continues with `resume=True` exactly where it stopped.
@@ -62,6 +64,7 @@ def train_base(
     overrides: dict[str, Any] | None = None,
     resume: bool = False,
     vae_from: str | Path | None = None,
+    init_from: str | Path | None = None,
     command: str = "",
     should_stop: Callable[[], bool] | None = None,
     on_step: Callable[[str, int, float], None] | None = None,
@@ -79,12 +82,11 @@ def train_base(
         raise BrushworkError(f"the output must be a .safetensors file (got {output.name})")
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     state = TrainingState(state_dir_for(output))
-    if vae_from is not None and not Path(vae_from).expanduser().is_file():
-        raise BrushworkError(f"--vae-from: no model file at {vae_from}")
+    sources = _model_sources(vae_from, init_from)
     settings, resumed = _settings_for(state, preset, overrides, resume, say)
     if resumed:
-        vae_from = _same_vae_source(state.read_run().get("vae_from"), vae_from)
-    vae_from = str(Path(vae_from).expanduser().resolve()) if vae_from is not None else None
+        sources = _same_sources(state.read_run(), sources)
+    vae_from, init_from = sources["vae_from"], sources["init_from"]
     data = load_folder(data_dir, settings.max_images)
     spec = replace(settings.spec, image_size=data.size)
     run = {
@@ -96,6 +98,7 @@ def train_base(
                  "fingerprint": data.fingerprint},
         "command": command,
         "vae_from": vae_from,
+        "init_from": init_from,
     }
     if resumed:
         _check_same_data(state.read_run(), run)
@@ -104,6 +107,9 @@ def train_base(
     say(f"{len(data)} pictures of {data.size}x{data.size} from {data_dir}; training state in {state.folder}")
 
     components = build_components(spec, seed=settings.seed)
+    if init_from is not None:
+        _load_weights(init_from, "--init-from", {"U-Net": components.unet, "text encoder": components.text_encoders[0]})
+        say(f"U-Net and text encoder: starting from {init_from}")
     stop = should_stop
     hooks = LoopHooks(checkpoint=lambda done: None, checkpoint_every=settings.checkpoint_every,
                       should_stop=stop, on_step=on_step, progress=progress)
@@ -225,10 +231,25 @@ def _check_same_data(saved_run: dict[str, Any], run: dict[str, Any]) -> None:
         )
 
 
-def _same_vae_source(saved: str | None, given: str | Path | None) -> str | None:
-    if given is not None and saved != str(Path(given).expanduser().resolve()):
-        raise BrushworkError(f"the run being resumed took its VAE from {saved or 'its own stage 1'}, not {given}; "
-                             "resume without --vae-from")
+def _model_sources(vae_from: str | Path | None, init_from: str | Path | None) -> dict[str, str | None]:
+    """The absolute paths of the model files a new run takes weights from; --init-from brings its own VAE."""
+    for flag, given in (("--vae-from", vae_from), ("--init-from", init_from)):
+        if given is not None and not Path(given).expanduser().is_file():
+            raise BrushworkError(f"{flag}: no model file at {given}")
+    vae_from, init_from = (str(Path(p).expanduser().resolve()) if p is not None else None for p in (vae_from, init_from))
+    if init_from is not None and vae_from not in (None, init_from):
+        raise BrushworkError("--init-from keeps that model's own VAE; drop --vae-from")
+    return {"init_from": init_from, "vae_from": init_from or vae_from}
+
+
+def _same_sources(saved_run: dict[str, Any], given: dict[str, str | None]) -> dict[str, str | None]:
+    """A resumed run keeps the model files it started from; naming others is an error."""
+    saved = {key: saved_run.get(key) for key in given}
+    for key, path in given.items():
+        if path is not None and path != saved[key]:
+            flag = "--" + key.replace("_", "-")
+            raise BrushworkError(f"the run being resumed was started with {flag} {saved[key] or '(none)'}, not "
+                                 f"{path}; resume without {flag}")
     return saved
 
 
@@ -249,7 +270,8 @@ def _stage_vae(
         return LatentSet.from_dict(cached["latents"]), cached.get("vae_quality", {})
 
     if vae_from is not None:
-        _load_vae_from(vae_from, vae)
+        _load_weights(vae_from, "--vae-from", {"VAE": vae})
+        vae.eval()
         state.save("vae.pt", {"step": 0, "vae": vae.state_dict(), "elapsed": 0.0, "from": vae_from})
         say(f"VAE: taken from {vae_from}; stage 1 skipped")
     else:
@@ -274,20 +296,19 @@ def _stage_vae(
     return latents, quality
 
 
-def _load_vae_from(path: str, vae) -> None:
-    """Put the VAE weights of the model file at `path` into `vae`, which must have the same architecture."""
+def _load_weights(path: str, flag: str, targets: dict[str, torch.nn.Module]) -> None:
+    """Copy the named parts ("VAE", "U-Net", "text encoder") of the model file at `path` into `targets`."""
     from brushwork.models.single_file import load_single_file
 
-    donor = load_single_file(path).vae
-    try:
-        vae.load_state_dict({k: v.float() for k, v in donor.state_dict().items()})
-    except RuntimeError as error:
-        raise BrushworkError(
-            f"--vae-from: the VAE in {Path(path).name} (channels {list(donor.config.block_out_channels)}, "
-            f"{donor.config.latent_channels} latent channels) does not fit the one being trained (channels "
-            f"{list(vae.config.block_out_channels)}, {vae.config.latent_channels} latent channels)"
-        ) from error
-    vae.eval()
+    donor = load_single_file(path)
+    parts = {"VAE": donor.vae, "U-Net": donor.unet, "text encoder": donor.text_encoders[0]}
+    for name, module in targets.items():
+        try:
+            module.load_state_dict({k: v.float() for k, v in parts[name].state_dict().items()})
+        except RuntimeError as error:
+            detail = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+            raise BrushworkError(f"{flag}: the {name} in {Path(path).name} does not fit the one being trained "
+                                 f"({detail})") from error
 
 
 def vae_quality(vae, data: ShapesData, count: int = VAE_CHECK_PICTURES) -> dict[str, Any]:
