@@ -23,9 +23,11 @@ from brushwork.shapes import check
 from brushwork.train.evaluate import engine_source, eval_prompts, score
 
 # The issue's targets on seen combinations at CFG 7 (20 steps), and this test's margin below them. The
-# position target (70%) is not met yet: the shipped model places objects where it likes (7% in
+# position target (70%) is not met yet: the shipped model places objects where it likes (9% in
 # docs/benchmarks.md), so position is measured there and not asserted here until a model learns it.
-TARGETS = {"colour": 0.90, "shape": 0.80, "colour+shape": 0.75, "count": 0.60}
+# Backgrounds are no target of the issue, but the v-prediction schedule made the model follow them (100% in
+# docs/benchmarks.md), and this keeps it so.
+TARGETS = {"colour": 0.90, "shape": 0.80, "colour+shape": 0.75, "count": 0.60, "background": 0.90}
 MARGIN = 0.10
 
 
@@ -63,8 +65,7 @@ def test_readme_command_paints_the_asked_picture_without_a_model(tmp_path) -> No
     written = sorted(tmp_path.rglob("*.png"))
     assert len(written) == 4
     verdicts = [check(Image.open(path).convert("RGB"), prompt) for path in written]
-    # Backgrounds are the model's weak point (not among the issue's targets): colour, shape and count are checked.
-    assert sum(v.colour_ok and v.shape_ok and v.count_ok for v in verdicts) >= 3, [v.objects for v in verdicts]
+    assert sum(v.colour_ok and v.shape_ok and v.count_ok and v.background_ok for v in verdicts) >= 3, verdicts
 
 
 @pytest.mark.slow
@@ -78,7 +79,7 @@ def test_fixed_prompts_score_above_the_targets(path_store: ModelStore) -> None:
 
 @pytest.mark.slow
 def test_guidance_matters(path_store: ModelStore) -> None:
-    """Held-out colour/shape pairs show guidance best: 65% -> 94% right in the full measurement."""
+    """Held-out colour/shape pairs show guidance best: 71% -> 86% right in the full measurement."""
     prompts = eval_prompts(24, "heldout")
     scores = {
         cfg: score(prompts, engine_source(EMBEDDED_MODEL, steps=20, cfg_scale=cfg, store=path_store), [0, 1], cfg)
