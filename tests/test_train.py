@@ -262,8 +262,14 @@ def test_init_from_an_earlier_model_fine_tunes_it(toy_data: Path, tmp_path: Path
 
 @pytest.mark.parametrize("flag", ["vae_from", "init_from"])
 def test_a_model_of_another_architecture_is_refused(toy_data: Path, tmp_path: Path, uninterrupted: Path, flag: str) -> None:
+    output = tmp_path / "model.safetensors"
     with pytest.raises(BrushworkError, match="does not fit"):
-        _train(toy_data, tmp_path / "model.safetensors", overrides={"arch": "base"}, **{flag: uninterrupted})
+        _train(toy_data, output, overrides={"arch": "base"}, **{flag: uninterrupted})
+    junk = tmp_path / "junk.safetensors"
+    junk.write_text("not a model")
+    with pytest.raises(BrushworkError, match="junk.safetensors"):
+        _train(toy_data, output, **{flag: junk})
+    assert not state_dir_for(output).exists()  # refused before anything was written: the corrected command just runs
 
 
 def test_written_model_loads_through_the_single_file_path_and_paints(uninterrupted: Path, tmp_path: Path) -> None:

@@ -102,13 +102,17 @@ def train_base(
     }
     if resumed:
         _check_same_data(state.read_run(), run)
+    # The model files' weights go in before anything is written, so a file that does not fit leaves no state.
+    components = build_components(spec, seed=settings.seed)
+    if vae_from is not None:
+        parts = {"VAE": components.vae}
+        if init_from is not None:
+            parts.update({"U-Net": components.unet, "text encoder": components.text_encoders[0]})
+        _load_weights(vae_from, "--init-from" if init_from else "--vae-from", parts)
     state.write_run(run)
     timings: dict[str, float] = {"load": time.perf_counter() - started}
     say(f"{len(data)} pictures of {data.size}x{data.size} from {data_dir}; training state in {state.folder}")
-
-    components = build_components(spec, seed=settings.seed)
     if init_from is not None:
-        _load_weights(init_from, "--init-from", {"U-Net": components.unet, "text encoder": components.text_encoders[0]})
         say(f"U-Net and text encoder: starting from {init_from}")
     stop = should_stop
     hooks = LoopHooks(checkpoint=lambda done: None, checkpoint_every=settings.checkpoint_every,
@@ -269,8 +273,7 @@ def _stage_vae(
         timings["vae_all_sessions"] = float(saved.get("elapsed", 0.0))
         return LatentSet.from_dict(cached["latents"]), cached.get("vae_quality", {})
 
-    if vae_from is not None:
-        _load_weights(vae_from, "--vae-from", {"VAE": vae})
+    if vae_from is not None:  # its weights are in already (train_base)
         vae.eval()
         state.save("vae.pt", {"step": 0, "vae": vae.state_dict(), "elapsed": 0.0, "from": vae_from})
         say(f"VAE: taken from {vae_from}; stage 1 skipped")
@@ -300,7 +303,7 @@ def _load_weights(path: str, flag: str, targets: dict[str, torch.nn.Module]) -> 
     """Copy the named parts ("VAE", "U-Net", "text encoder") of the model file at `path` into `targets`."""
     from brushwork.models.single_file import load_single_file
 
-    donor = load_single_file(path)
+    donor = load_single_file(path)  # an unreadable file is a BrushworkError naming it
     parts = {"VAE": donor.vae, "U-Net": donor.unet, "text encoder": donor.text_encoders[0]}
     for name, module in targets.items():
         try:
