@@ -16,7 +16,8 @@ from pathlib import Path
 from brushwork.cli import EXIT_INTERRUPTED
 
 # Flags that override the preset, by TrainSettings field.
-OVERRIDES = ("seed", "vae_steps", "steps", "batch_size", "lr", "max_images", "sample_every", "checkpoint_every", "arch")
+OVERRIDES = ("seed", "vae_steps", "steps", "batch_size", "lr", "max_images", "sample_every", "checkpoint_every", "arch",
+             "layout_fraction", "foreground_weight", "position_loss_weight")
 
 
 def add_parser(subparsers) -> None:
@@ -45,6 +46,12 @@ def add_parser(subparsers) -> None:
     base.add_argument("--batch-size", dest="batch_size", type=int, default=None, help="stage 2 batch size")
     base.add_argument("--lr", type=float, default=None, help="stage 2 peak learning rate")
     base.add_argument("--max-images", dest="max_images", type=int, default=None, help="use only the first N pictures")
+    base.add_argument("--layout-fraction", dest="layout_fraction", type=float, default=None, metavar="F",
+                      help="share of each batch drawn from captions that name a position, at high noise")
+    base.add_argument("--foreground-weight", dest="foreground_weight", type=float, default=None, metavar="W",
+                      help="extra loss weight on the pixels under objects (needs the data's metadata.jsonl)")
+    base.add_argument("--position-loss", dest="position_loss_weight", type=float, default=None, metavar="W",
+                      help="weight of the text encoder's position probe")
     base.add_argument("--sample-every", dest="sample_every", type=int, default=None,
                       help="steps between sample grids (0: none)")
     base.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=None)

@@ -11,6 +11,7 @@
     data            the picture folder in memory, tokenization as the engine does it, batch order
     vae             stage 1: the VAE (an autoencoder on 32x32 crops), then the data set encoded once
     diffusion       stage 2: text encoder + U-Net, v prediction, Min-SNR weights, caption dropout, EMA
+    layout          what teaches position: object masks, positioned captions at high noise, the text probe
     loop            the step loop: learning-rate schedule, tqdm bar (loss, it/s, ETA), checkpoints, Ctrl-C
     state           the state folder beside the output (model.train/) that --resume continues from
     export          the fp16 single-file checkpoint + sibling yaml; sample grids through the Engine

@@ -35,6 +35,7 @@ from brushwork.train import settings as settings_module
 from brushwork.train.data import ShapesData, load_folder, tokenize
 from brushwork.train.diffusion import DiffusionTrainer, LatentSet
 from brushwork.train.export import assemble, sample_grid, write_model
+from brushwork.train.layout import LayoutTargets, object_masks, position_labels
 from brushwork.train.loop import LoopHooks, run_steps
 from brushwork.train.models import ModelSpec, build_components, count_parameters
 from brushwork.train.settings import TrainSettings
@@ -125,7 +126,8 @@ def train_base(
     tokenizer = components.tokenizers[0]
     empty_ids = tokenize(tokenizer, [""])
     trainer = DiffusionTrainer(
-        components.unet, components.text_encoders[0], latents, empty_ids, components.scheduler_config, settings
+        components.unet, components.text_encoders[0], latents, empty_ids, components.scheduler_config, settings,
+        _layout_targets(data_dir, data, latents, settings, say),
     )
     saved = state.load("diffusion.pt")
     start, elapsed_before = 0, 0.0
@@ -326,6 +328,19 @@ def vae_quality(vae, data: ShapesData, count: int = VAE_CHECK_PICTURES) -> dict[
         for picture, caption in zip(rebuilt, data.captions[:count])
     ]
     return {"l1": round(l1, 5), "checker_pass": float(np.mean(passed)), "pictures": len(passed)}
+
+
+def _layout_targets(data_dir: str | Path, data: ShapesData, latents: LatentSet, settings: TrainSettings,
+                    say: Callable[[str], None]) -> LayoutTargets | None:
+    """Position classes and object masks for the layout settings; None when all of them are off."""
+    if not (settings.layout_fraction or settings.foreground_weight or settings.position_loss_weight):
+        return None
+    masks = object_masks(data_dir, data.names, latents.mean.shape[-1]) if settings.foreground_weight else None
+    if settings.foreground_weight and masks is None:
+        say(f"{data_dir} has no metadata.jsonl, so object pixels get no extra loss weight")
+    layout = LayoutTargets(positions=position_labels(data.captions), masks=masks)
+    say(f"{len(layout.positioned)} of {len(data)} captions name a position")
+    return layout
 
 
 def _ema_components(components, trainer: DiffusionTrainer, scale: float, spec: ModelSpec):

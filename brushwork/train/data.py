@@ -11,7 +11,7 @@ BOS, tokens, EOS, then EOS-padding to 77), so the text encoder trains on what it
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ class ShapesData:
     images: torch.Tensor
     captions: list[str]
     fingerprint: str  # sha256 over names and captions, to tell on --resume that the data is the same
+    names: list[str] = field(default_factory=list)  # the pictures' file names, in order
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -75,7 +76,7 @@ def load_folder(folder: str | Path, max_images: int | None = None) -> ShapesData
         raise BrushworkError(f"the pictures are {arrays[0].shape[1]}x{side}; training needs square pictures with a side "
                              "divisible by 16 (e.g. --size 64)")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return ShapesData(images=images, captions=captions, fingerprint=digest.hexdigest())
+    return ShapesData(images=images, captions=captions, fingerprint=digest.hexdigest(), names=[p.name for p in pngs])
 
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:

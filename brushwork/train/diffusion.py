@@ -9,6 +9,10 @@ in terms of the error on the picture, weight min(SNR, 5) for epsilon (Hang et al
 min(SNR + 1, 5) for v, which keeps the noisiest timesteps - where the layout is decided - at weight 1
 instead of ~SNR. AdamW with warm-up and cosine decay; the saved model is the exponential moving
 average of the weights.
+
+Given `LayoutTargets`, three settings teach where objects go (see `brushwork.train.layout`): part of each
+batch drawn from positioned captions at high noise, extra loss weight on object pixels, and the text
+encoder's position probe.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from transformers import CLIPTextModel
 
 from brushwork.train.data import batch_indices, seeded_generator
 from brushwork.train.ema import EMA
+from brushwork.train.layout import NO_POSITION, LayoutTargets, PositionProbe
 from brushwork.train.loop import learning_rate
 from brushwork.train.settings import TrainSettings
 
@@ -58,6 +63,7 @@ class DiffusionTrainer:
         empty_ids: torch.Tensor,
         scheduler_config: dict,
         settings: TrainSettings,
+        layout: LayoutTargets | None = None,
     ):
         self.unet = unet.train()
         self.text_encoder = text_encoder.train()
@@ -68,7 +74,12 @@ class DiffusionTrainer:
         self.alphas_cumprod = schedule.alphas_cumprod.float()
         self.predicts_v = schedule.config.prediction_type == "v_prediction"
         self.num_timesteps = int(schedule.config.num_train_timesteps)
-        self.params = [p for p in (*unet.parameters(), *text_encoder.parameters()) if p.requires_grad]
+        self.layout = layout
+        self.probe = None
+        if layout is not None and settings.position_loss_weight > 0:
+            self.probe = PositionProbe(text_encoder.config.hidden_size, seeded_generator("probe", settings.seed))
+        modules = (unet, text_encoder) + ((self.probe,) if self.probe is not None else ())
+        self.params = [p for module in modules for p in module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=settings.lr, betas=(0.9, 0.999), weight_decay=settings.weight_decay)
         self.ema_unet = EMA(unet, settings.ema_decay)
         self.ema_text = EMA(text_encoder, settings.ema_decay)
@@ -84,6 +95,9 @@ class DiffusionTrainer:
         noise = torch.randn(clean.shape, generator=generator)
         timesteps = torch.randint(0, self.num_timesteps, (len(picked),), generator=generator)
         dropped = torch.rand(len(picked), generator=generator) < s.caption_dropout
+        if self.layout is not None and s.layout_fraction > 0:
+            picked, timesteps = self._layout_share(picked, timesteps, index)
+            clean = self.latents.mean[picked] * self.latents.scale
         ids = torch.where(dropped[:, None], self.empty_ids, self.latents.ids[picked]).long()
         alpha_bar = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
         noisy = alpha_bar.sqrt() * clean + (1 - alpha_bar).sqrt() * noise
@@ -95,14 +109,39 @@ class DiffusionTrainer:
         else:
             target = noise
             weights = torch.clamp(snr, max=s.snr_gamma) / snr if s.snr_gamma > 0 else torch.ones_like(snr)
-        return {"noisy": noisy, "timesteps": timesteps, "target": target, "ids": ids, "weights": weights}
+        batch = {"noisy": noisy, "timesteps": timesteps, "target": target, "ids": ids, "weights": weights}
+        if self.layout is not None:
+            batch["positions"] = torch.where(dropped, NO_POSITION, self.layout.positions[picked])
+            if self.layout.masks is not None and s.foreground_weight > 0:
+                batch["pixel_weights"] = 1.0 + s.foreground_weight * self.layout.masks[picked]
+        return batch
+
+    def _layout_share(self, picked: torch.Tensor, timesteps: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Swap the first layout_fraction of the batch for positioned pictures at t in the upper half.
+
+        Drawn from a generator of their own, so the rest of the batch is what it would be without them.
+        """
+        positioned = self.layout.positioned
+        share = round(len(picked) * self.settings.layout_fraction)
+        if share == 0 or len(positioned) == 0:
+            return picked, timesteps
+        generator = seeded_generator("layout", self.settings.seed, index)
+        picked, timesteps = picked.clone(), timesteps.clone()
+        picked[:share] = positioned[torch.randint(len(positioned), (share,), generator=generator)]
+        timesteps[:share] = torch.randint(self.num_timesteps // 2, self.num_timesteps, (share,), generator=generator)
+        return picked, timesteps
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.settings.bf16):
             context = self.text_encoder(batch["ids"]).last_hidden_state
             prediction = self.unet(batch["noisy"], batch["timesteps"], encoder_hidden_states=context).sample
-        per_sample = F.mse_loss(prediction.float(), batch["target"], reduction="none").mean(dim=(1, 2, 3))
-        return (per_sample * batch["weights"]).mean()
+        error = F.mse_loss(prediction.float(), batch["target"], reduction="none")
+        if "pixel_weights" in batch:
+            error = error * batch["pixel_weights"]
+        loss = (error.mean(dim=(1, 2, 3)) * batch["weights"]).mean()
+        if self.probe is not None:
+            loss = loss + self.settings.position_loss_weight * self.probe.loss(context, batch["positions"])
+        return loss
 
     def step(self, index: int) -> float:
         s = self.settings
@@ -135,6 +174,7 @@ class DiffusionTrainer:
     def state_dict(self, step: int) -> dict:
         return {
             "step": step,
+            **({"position_probe": self.probe.state_dict()} if self.probe is not None else {}),
             "unet": self.unet.state_dict(),
             "text_encoder": self.text_encoder.state_dict(),
             "ema_unet": self.ema_unet.state_dict(),
@@ -145,6 +185,8 @@ class DiffusionTrainer:
     def load_state_dict(self, state: dict) -> int:
         """Restore a checkpoint; returns the number of steps it had done."""
         self.unet.load_state_dict(state["unet"])
+        if self.probe is not None:
+            self.probe.load_state_dict(state["position_probe"])
         self.text_encoder.load_state_dict(state["text_encoder"])
         self.ema_unet.load_state_dict(state["ema_unet"])
         self.ema_text.load_state_dict(state["ema_text_encoder"])

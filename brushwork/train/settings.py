@@ -38,6 +38,10 @@ class TrainSettings:
     caption_dropout: float = 0.1  # captions replaced by "" so classifier-free guidance has an unconditional model
     snr_gamma: float = 5.0  # Min-SNR loss weighting (Hang et al. 2023); 0 disables it
     ema_decay: float = 0.9995
+    # Where objects go (brushwork.train.layout); they need a `brushwork data shapes` folder's captions and metadata.
+    layout_fraction: float = 0.0  # share of each batch: positioned captions, noised in the schedule's upper half
+    foreground_weight: float = 0.0  # extra loss weight on the latent pixels under objects
+    position_loss_weight: float = 0.0  # weight of the text encoder's position probe
     bf16: bool = False  # bf16 autocast: ~10% more steps/s at batch 64 on a 2-core Zen 5, quality untested
     # Bookkeeping.
     sample_every: int = 1000  # steps between sample grids (0: none)
@@ -65,6 +69,11 @@ class TrainSettings:
             raise BrushworkError(f"--max-images must be at least 1 (got {self.max_images})")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise BrushworkError(f"caption dropout must be in [0, 1) (got {self.caption_dropout})")
+        if not 0.0 <= self.layout_fraction <= 1.0:
+            raise BrushworkError(f"the layout fraction must be in [0, 1] (got {self.layout_fraction})")
+        for name in ("foreground_weight", "position_loss_weight"):
+            if getattr(self, name) < 0:
+                raise BrushworkError(f"{name.replace('_', ' ')} must be at least 0 (got {getattr(self, name)})")
         return self
 
 
@@ -78,12 +87,14 @@ PRESETS: dict[str, TrainSettings] = {
     # ~3 min encoding + ~100 min diffusion on 2 idle cores. Its record is in docs/benchmarks.md.
     "full": TrainSettings(
         vae_steps=4000, steps=7000, lr=1e-3, warmup_steps=200, ema_decay=0.999,
+        layout_fraction=0.5, foreground_weight=5.0, position_loss_weight=0.5,
         sample_every=1000, checkpoint_every=250,
     ),
     # For tests: seconds, not minutes.
     "toy": TrainSettings(
         arch="toy", vae_steps=4, vae_batch_size=4, steps=6, batch_size=4, warmup_steps=2, lr=1e-3,
         ema_decay=0.9, sample_every=0, checkpoint_every=3,
+        layout_fraction=0.5, foreground_weight=5.0, position_loss_weight=0.5,
     ),
 }
 
