@@ -22,12 +22,10 @@ from brushwork.recipe import Recipe
 from brushwork.shapes import check
 from brushwork.train.evaluate import engine_source, eval_prompts, score
 
-# The issue's targets on seen combinations at CFG 7 (20 steps), and this test's margin below them. The
-# position target (70%) is not met yet: the shipped model places objects where it likes (9% in
-# docs/benchmarks.md), so position is measured there and not asserted here until a model learns it.
+# The issue's targets on seen combinations at CFG 7 (20 steps), and this test's margin below them.
 # Backgrounds are no target of the issue, but the v-prediction schedule made the model follow them (100% in
 # docs/benchmarks.md), and this keeps it so.
-TARGETS = {"colour": 0.90, "shape": 0.80, "colour+shape": 0.75, "count": 0.60, "background": 0.90}
+TARGETS = {"colour": 0.90, "shape": 0.80, "colour+shape": 0.75, "position": 0.70, "count": 0.60, "background": 0.90}
 MARGIN = 0.10
 
 
@@ -79,14 +77,31 @@ def test_fixed_prompts_score_above_the_targets(path_store: ModelStore) -> None:
 
 @pytest.mark.slow
 def test_guidance_matters(path_store: ModelStore) -> None:
-    """Held-out colour/shape pairs show guidance best: 71% -> 86% right in the full measurement."""
-    prompts = eval_prompts(24, "heldout")
-    scores = {
+    """CFG 1 -> 7 makes the asked shape more frequent: 76% -> 88% over both splits in the full measurement."""
+    prompts = eval_prompts(24, "train") + eval_prompts(24, "heldout")
+    shape = {
         cfg: score(prompts, engine_source(EMBEDDED_MODEL, steps=20, cfg_scale=cfg, store=path_store), [0, 1], cfg)
+        .accuracy()["shape"]
         for cfg in (1.0, 7.0)
     }
-    unguided, guided = scores[1.0].accuracy(), scores[7.0].accuracy()
-    assert guided["colour+shape"] >= unguided["colour+shape"] + 0.15, (unguided, guided)
+    assert shape[7.0] >= shape[1.0] + 0.08, shape
+
+
+@pytest.mark.slow
+def test_position_words_move_the_object(engine: Engine) -> None:
+    """The same seeds, nine position words: the object goes where each one says."""
+    phrases = {"top left": "in the top left corner", "top": "at the top", "top right": "in the top-right corner",
+               "left": "on the left", "centre": "in the centre", "right": "on the right side",
+               "bottom left": "at the bottom left", "bottom": "near the bottom", "bottom right": "in the bottom right corner"}
+    placed = []
+    for thing in ("a large red circle", "a blue star"):
+        for position, phrase in phrases.items():
+            prompt = f"{thing} {phrase} on a white background"
+            for generated in engine.run(Recipe(prompt=prompt, seed=0, batch_size=2, steps=20)).images:
+                verdict = check(generated.image, prompt)
+                placed.append((position, [o.position for o in verdict.objects], verdict.position_ok))
+    right = sum(ok for _, _, ok in placed)
+    assert right >= (TARGETS["position"] - MARGIN) * len(placed), placed
 
 
 def test_inpainting_paints_the_asked_shape_into_the_masked_corner(engine: Engine, tmp_path) -> None:
