@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from brushwork.cli import main
+from brushwork.errors import BrushworkError
 from brushwork.shapes import POSITIONS, make_dataset
 from brushwork.train.data import load_folder, tokenize
 from brushwork.train.diffusion import DiffusionTrainer, LatentSet
@@ -45,6 +46,9 @@ def test_object_masks_cover_the_drawn_objects(drawn, tmp_path: Path) -> None:
             assert mask[0, 7, 7] == 0  # the far corner is not
     assert 0.05 < float(masks.mean()) < 0.5
     assert object_masks(tmp_path, data.names, 8) is None  # no metadata.jsonl: no masks
+    (tmp_path / "metadata.jsonl").write_text('{"file": "00000.png"}\n', encoding="utf-8")
+    with pytest.raises(BrushworkError, match="line 1"):
+        object_masks(tmp_path, data.names, 8)  # a broken record is a clear error, not a KeyError
 
 
 def _trainer(folder: Path, **overrides) -> DiffusionTrainer:

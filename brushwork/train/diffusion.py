@@ -91,13 +91,12 @@ class DiffusionTrainer:
         s = self.settings
         generator = seeded_generator(STAGE, s.seed, index)
         picked = batch_indices(len(self.latents), s.batch_size, index, s.seed)
-        clean = self.latents.mean[picked] * self.latents.scale
-        noise = torch.randn(clean.shape, generator=generator)
+        noise = torch.randn((len(picked), *self.latents.mean.shape[1:]), generator=generator)
         timesteps = torch.randint(0, self.num_timesteps, (len(picked),), generator=generator)
         dropped = torch.rand(len(picked), generator=generator) < s.caption_dropout
         if self.layout is not None and s.layout_fraction > 0:
             picked, timesteps = self._layout_share(picked, timesteps, index)
-            clean = self.latents.mean[picked] * self.latents.scale
+        clean = self.latents.mean[picked] * self.latents.scale
         ids = torch.where(dropped[:, None], self.empty_ids, self.latents.ids[picked]).long()
         alpha_bar = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
         noisy = alpha_bar.sqrt() * clean + (1 - alpha_bar).sqrt() * noise

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from brushwork.errors import BrushworkError
 from brushwork.shapes import POSITIONS
 from brushwork.shapes.draw import parse_prompt
 
@@ -43,9 +45,9 @@ class LayoutTargets:
     positions: torch.Tensor  # [N] int64, an index into POSITIONS or NO_POSITION
     masks: torch.Tensor | None  # [N, 1, h, w] float32 in {0, 1}
 
-    @property
+    @cached_property
     def positioned(self) -> torch.Tensor:
-        """Indices of the pictures whose caption names a position."""
+        """Indices of the pictures whose caption names a position (read every step, so computed once)."""
         return torch.nonzero(self.positions != NO_POSITION).flatten()
 
 
@@ -69,9 +71,13 @@ def object_masks(folder: str | Path, names: list[str], latent_size: int) -> torc
         return None
     objects = {}
     with open(path, encoding="utf-8") as lines:
-        for line in lines:
-            record = json.loads(line)
-            objects[record["file"]] = [(o["centre"][0], o["centre"][1], o["radius"]) for o in record["objects"]]
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+                objects[record["file"]] = [(o["centre"][0], o["centre"][1], o["radius"]) for o in record["objects"]]
+            except (ValueError, KeyError, IndexError, TypeError) as error:
+                raise BrushworkError(f"{path}, line {number}: not a `brushwork data shapes` record ({error!r}); "
+                                     "fix or delete the file, or train with --foreground-weight 0") from error
     centres = (torch.arange(latent_size, dtype=torch.float32) + 0.5) / latent_size
     ys, xs = torch.meshgrid(centres, centres, indexing="ij")
     masks = torch.zeros(len(names), 1, latent_size, latent_size)
