@@ -187,7 +187,7 @@ def test_gallery_is_newest_first_and_paged(client):
 
 def test_models_samplers_upscalers_and_info(client):
     models = client.get("/api/v1/models").json()
-    assert models == {"checkpoints": ["more/second.safetensors", "tiny.safetensors"], "vaes": [],
+    assert models == {"checkpoints": ["more/second.safetensors", "tiny.safetensors", "brushwork-shapes.safetensors"], "vaes": [],
                       "loras": ["ink-style.safetensors"], "default_checkpoint": "more/second.safetensors"}
     samplers = client.get("/api/v1/samplers").json()
     assert "Euler a" in samplers and "DPM++ 2M Karras" in samplers

@@ -45,6 +45,7 @@ class ModelEntry:
     kind: str
     name: str  # the path below its folder, as A1111 shows it ("sub/model.safetensors")
     path: Path
+    embedded: bool = False  # the model shipped in the package, listed after the user's own
 
     @property
     def is_diffusers_folder(self) -> bool:
@@ -97,7 +98,13 @@ class ModelStore:
     # -- finding ----------------------------------------------------------------------------------
 
     def entries(self, kind: str) -> list[ModelEntry]:
-        """Every model of one kind in the models folder, sorted by name."""
+        """Every model of one kind in the models folder, sorted by name; checkpoints end with the embedded model."""
+        found = self._folder_entries(kind)
+        if kind == "checkpoint" and EMBEDDED_MODEL.exists():
+            found.append(ModelEntry(kind, EMBEDDED_MODEL.name, EMBEDDED_MODEL, embedded=True))
+        return found
+
+    def _folder_entries(self, kind: str) -> list[ModelEntry]:
         if self.models_dir is None:
             return []
         folder = self.models_dir / FOLDERS[kind]
@@ -122,12 +129,20 @@ class ModelStore:
         for entry in entries:
             relative = Path(entry.name)
             if wanted in (entry.name, relative.with_suffix("").as_posix(), relative.name, relative.stem):
-                return self._inside_models_dir(entry.path, name)
+                return entry.path if entry.embedded else self._inside_models_dir(entry.path, name)
+        raise ModelLoadError(self._not_found(kind, name, candidate, entries))
+
+    def _not_found(self, kind: str, name: str, candidate: Path, entries: list[ModelEntry]) -> str:
+        """Where `resolve` looked, in a sentence: the path, the models folder, the embedded model."""
+        places = [f"no file {candidate.resolve()}"] if self.allow_paths else []
+        if self.models_dir is None:
+            places.append("no --models-dir given")
+        else:
+            places.append(f"not in {self.models_dir / FOLDERS[kind]}")
+        if kind == "checkpoint":
+            places.append("not the embedded model")
         available = ", ".join(e.name for e in entries) or "none"
-        where = self.models_dir / FOLDERS[kind] if self.models_dir else "no --models-dir given"
-        if self.allow_paths:
-            raise ModelLoadError(f"{kind} {name!r} not found: no such file, and not in {where} (available: {available})")
-        raise ModelLoadError(f"{kind} {name!r} not found in {where} (available: {available})")
+        return f"{kind} {name!r} not found: {', '.join(places)} (available: {available})"
 
     def _inside_models_dir(self, path: Path, name: str) -> Path:
         resolved = path.resolve()
@@ -135,14 +150,15 @@ class ModelStore:
             raise ModelLoadError(f"model name {name!r} points outside the models folder")
         return resolved
 
-    def default_checkpoint(self) -> Path:
+    def default_entry(self) -> ModelEntry:
         """A1111 picks the first checkpoint in the folder; with none, the embedded model."""
         entries = self.entries("checkpoint")
-        if entries:
-            return entries[0].path.resolve()
-        if EMBEDDED_MODEL.exists():
-            return EMBEDDED_MODEL
-        raise ModelLoadError("no model given and none found: pass --model PATH or --models-dir DIR")
+        if not entries:
+            raise ModelLoadError("no model given and none found: pass --model PATH or --models-dir DIR")
+        return entries[0]
+
+    def default_checkpoint(self) -> Path:
+        return self.default_entry().path.resolve()
 
     # -- loading ----------------------------------------------------------------------------------
 
@@ -156,8 +172,9 @@ class ModelStore:
                 self._loaded.move_to_end(key)
                 return self._loaded[key]
             base = next((m for (p, _), m in self._loaded.items() if p == path), None)
-            components = base.components if base else self._load_components(path)
+            # Evict before loading, so that at max_loaded=1 two checkpoints are never in memory at once.
             self._make_room()
+            components = base.components if base else self._load_components(path)
             model = LoadedModel(
                 name=self._display_name(path, "checkpoint"),
                 path=path,
@@ -171,11 +188,6 @@ class ModelStore:
                 model.vae_short_hash = self.hashes.short_hash(vae_path)
             self._loaded[key] = model
             return model
-
-    def unload_all(self) -> None:
-        with self._lock:
-            self._loaded.clear()
-            _free_memory()
 
     def _make_room(self) -> None:
         while len(self._loaded) >= self.max_loaded:

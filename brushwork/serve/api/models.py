@@ -49,6 +49,6 @@ def list_upscalers(upscalers: ImageUpscalers) -> UpscalerList:
 
 
 def default_checkpoint_name(store: ModelStore) -> str | None:
-    """The first checkpoint in the folder, as A1111 picks; None when the embedded model stands in."""
+    """The first checkpoint in the folder, as A1111 picks, else the embedded model; None if there is neither."""
     entries = store.entries("checkpoint")
     return entries[0].name if entries else None

@@ -7,6 +7,7 @@ A value brushwork cannot honour is refused with a RecipeError naming the A1111 f
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ RESIZE_MODES = {0: "just resize", 1: "crop and resize", 2: "resize and fill", 3:
 INPAINTING_FILL = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
 SAME = (None, "", "Use same sampler", "Use same scheduler", "Use same checkpoint")
 NO_VAE = (None, "", "Automatic", "None")
+HEX_HASH = re.compile(r"[0-9a-f]{10}|[0-9a-f]{64}")  # A1111's short hash (sha256[:10]) or the full sha256
 # Recipe fields as the A1111 request names them, for error messages.
 A1111_NAMES = {
     "batch_count": "n_iter", "sampler": "sampler_name", "clip_skip": "override_settings.CLIP_stop_at_last_layers",
@@ -211,7 +213,14 @@ def png_info_parameters(infotext: str) -> dict[str, Any]:
 
 
 def checkpoint_name(store: ModelStore, name: str) -> str:
-    """A checkpoint name or A1111 title ("x.safetensors [hash]") as its entry name; ModelLoadError if none."""
+    """A checkpoint name, A1111 title ("x.safetensors [hash]") or hash (short or full sha256) as its entry name;
+    ModelLoadError if none."""
+    if HEX_HASH.fullmatch(name.strip().lower()):
+        wanted = name.strip().lower()
+        for entry in store.entries("checkpoint"):
+            digest = store.hashes.sha256(entry.path)
+            if digest == wanted or digest[:10] == wanted:
+                return entry.name
     path = store.resolve("checkpoint", name)
     return next((entry.name for entry in store.entries("checkpoint") if entry.path.resolve() == path), Path(name).name)
 
