@@ -103,10 +103,16 @@ def sample(
 ) -> torch.Tensor:
     """Run `timesteps` (default: all of the scheduler's) from `latents`, already noised to the first.
 
-    `generators` hold one seeded CPU generator per image, so ancestral/SDE noise is reproducible
-    per image whatever the batch size. `after_step` may replace the latents after each step
-    (inpainting with an ordinary checkpoint pastes the known area back in).
+    `generators` hold one seeded CPU generator per image. Every stochastic scheduler that draws
+    noise in `step()` (Euler a, DPM2 a, DPM++ 2M/3M SDE, DDIM with eta > 0, LCM, Euler's churn)
+    gets the whole list, and diffusers' `randn_tensor` then draws image k's slice from generator k
+    alone; so each picture's ancestral noise depends only on its own seed, whatever the batch size
+    or grouping. (DPM++ SDE's Brownian trees are seeded per image in `make_scheduler` instead.)
+    `after_step` may replace the latents after each step (inpainting with an ordinary checkpoint
+    pastes the known area back in).
     """
+    if len(generators) != latents.shape[0]:
+        raise ValueError(f"{len(generators)} generators for a batch of {latents.shape[0]} images")
     timesteps = scheduler.timesteps if timesteps is None else timesteps
     # Deterministic schedulers take no generator; stochastic ones draw their noise from these.
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters

@@ -47,9 +47,12 @@ def run_pass(
     on_step: Callable[[StepInfo], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
+    """Denoise one batch; `generators` and `seeds` name each picture's randomness, in batch order."""
+    if len(generators) != len(seeds):
+        raise ValueError(f"{len(generators)} generators for {len(seeds)} seeds")
     unet = components.unet
     device, dtype = unet.device, unet.dtype
-    scheduler = make_scheduler(plan.sampler, components.scheduler_config, seed=seeds[0])
+    scheduler = make_scheduler(plan.sampler, components.scheduler_config, seeds)
     scheduler.set_timesteps(plan.steps, device=device)
     shape = latent_stage.latent_shape(components.vae, plan.height, plan.width)
     noise = latent_stage.initial_noise(generators, shape, device, dtype)

@@ -7,7 +7,7 @@ ever shared between jobs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from diffusers import (
     DDIMScheduler,
@@ -74,14 +74,16 @@ def sampler_name_from_parts(sampler: str, schedule_type: str | None) -> str:
     return sampler
 
 
-def make_scheduler(name: str, base_config: dict[str, Any], seed: int) -> SchedulerMixin:
-    """A fresh scheduler for one job: the model's noise schedule with the sampler's algorithm.
+def make_scheduler(name: str, base_config: dict[str, Any], seeds: Sequence[int]) -> SchedulerMixin:
+    """A fresh scheduler for one batch: the model's noise schedule with the sampler's algorithm.
 
-    `seed` matters only to DPM++ SDE, which draws its noise from a Brownian tree seeded once per
-    batch rather than from the per-image generators.
+    `seeds` (one per picture) matter only to DPM++ SDE, whose noise comes from Brownian trees
+    rather than from the per-picture generators: it gets one tree per picture, seeded with that
+    picture's seed (as A1111 and k-diffusion do), so picture k of a batch equals its seed alone.
+    Every other stochastic sampler draws its noise in `step()` from the generators it is given.
     """
     spec = SAMPLERS[name]
     options = dict(spec.options)
     if spec.scheduler is DPMSolverSDEScheduler:
-        options["noise_sampler_seed"] = seed
+        options["noise_sampler_seed"] = [int(seed) for seed in seeds]
     return spec.scheduler.from_config(base_config, **options)
