@@ -88,6 +88,7 @@ class Recipe(BaseModel):
     batch_size: int = Field(1, ge=1, le=64, description="Images denoised together in one pass.")
     batch_count: int = Field(1, ge=1, le=1000, description="Passes run one after another.")
     clip_skip: int = Field(1, ge=1, le=12, description="2 uses CLIP's penultimate layer.")
+    tiling: bool = Field(False, description="Seamless texture: the picture wraps around at its edges.")
 
     # img2img: images are a file path, a data URL or plain base64 (see brushwork.images).
     init_image: str | None = Field(None, description="The picture to start from (img2img, inpainting).")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from brushwork.commands.common import add_model_options
@@ -24,6 +26,8 @@ def add_parser(subparsers) -> None:
                       help="HTTP basic credentials, as A1111's --api-auth")
     auth.add_argument("--api-key", dest="api_keys", action="append", default=[], metavar="KEY",
                       help="accept 'Authorization: Bearer KEY' or 'X-API-Key: KEY' (repeatable)")
+    auth.add_argument("--api-server-stop", dest="allow_server_stop", action="store_true",
+                      help="allow /sdapi/v1/server-stop, server-restart and server-kill (as A1111's flag)")
     auth.add_argument("--insecure", action="store_true",
                       help="allow a non-local --host without --api-auth/--api-key (anyone who can reach it may use it)")
     limits = serve.add_argument_group("limits per request")
@@ -56,7 +60,7 @@ def settings_from_args(args: argparse.Namespace):
         host=args.host, port=args.port, models_dir=args.models_dir, data_dir=args.data_dir,
         basic_auth=parse_basic_auth(args.api_auth), api_keys=tuple(key.strip() for key in args.api_keys),
         insecure=args.insecure, limits=limits, allow_pickle=args.allow_pickle, batching=args.batching,
-        device=args.device,
+        device=args.device, allow_server_stop=args.allow_server_stop,
     )
     settings.check_exposure()
     return settings
@@ -80,5 +84,19 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     app = create_app(settings, ui=web_ui())
     # A request waiting on its job holds the shutdown back at most this long; the queue keeps the job.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=10)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
+                                           timeout_graceful_shutdown=10))
+    requested: list[str] = []
+
+    def control(action: str) -> None:
+        """/sdapi/v1/server-stop, -restart, -kill (only with --api-server-stop)."""
+        if action == "kill":
+            os._exit(0)  # jobs are in the database before they are acknowledged: nothing is lost
+        requested.append(action)
+        server.should_exit = True
+
+    app.state.server_control = control
+    server.run()
+    if "restart" in requested:
+        os.execv(sys.executable, sys.orig_argv)  # the same interpreter and command line, in this process
     return 0

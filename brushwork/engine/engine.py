@@ -28,6 +28,7 @@ from brushwork.engine.denoise import StepInfo
 from brushwork.engine.hires import hires_pass
 from brushwork.engine.img2img import Source, prepare_source, working_size
 from brushwork.engine.passes import PassPlan, run_pass, steps_run
+from brushwork.engine.seamless import circular_padding
 from brushwork.infotext import format_infotext, recipe_extras
 from brushwork.models.store import LoadedModel, ModelStore
 from brushwork.recipe import MAX_SEED, Recipe
@@ -166,7 +167,7 @@ class Engine:
                     )
 
             step_started = time.perf_counter()
-            with torch.inference_mode():
+            with torch.inference_mode(), circular_padding(components.unet, components.vae, enabled=recipe.tiling):
                 latents = run_pass(components, plan, generators, seeds, on_step=report, should_stop=should_stop)
                 if recipe.hires is not None:
                     latents = hires_pass(components, encoder, recipe, latents, generators, seeds,
@@ -232,7 +233,7 @@ class Engine:
             if on_progress is not None:
                 on_progress(Progress(0, 1, info.step, info.total, started, info.latents, components.family))
 
-        with torch.inference_mode():
+        with torch.inference_mode(), circular_padding(components.unet, components.vae, enabled=first.tiling):
             latents = run_pass(components, plan, latent_stage.image_generators(seeds), seeds,
                                on_step=report, should_stop=should_stop)
             pictures = vae_stage.decode(components.vae, latents)
@@ -258,4 +259,5 @@ def groupable(recipe: Recipe) -> tuple | None:
     (img2img and hires fix carry per-job pictures and passes)."""
     if recipe.is_img2img or recipe.hires is not None or recipe.batch_count != 1:
         return None
-    return (recipe.model, recipe.vae, recipe.width, recipe.height, recipe.sampler, recipe.steps, recipe.clip_skip)
+    return (recipe.model, recipe.vae, recipe.width, recipe.height, recipe.sampler, recipe.steps, recipe.clip_skip,
+            recipe.tiling)

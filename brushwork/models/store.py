@@ -189,6 +189,12 @@ class ModelStore:
             self._loaded[key] = model
             return model
 
+    def unload_all(self) -> None:
+        """Free every loaded model (A1111's unload-checkpoint); jobs running keep theirs until they end."""
+        with self._lock:
+            self._loaded.clear()
+            _free_memory()
+
     def _make_room(self) -> None:
         while len(self._loaded) >= self.max_loaded:
             evicted_key, _ = self._loaded.popitem(last=False)

@@ -25,7 +25,7 @@ from brushwork import __version__
 from brushwork.errors import BrushworkError
 from brushwork.models.store import ModelStore
 from brushwork.recipe import describe_validation_error
-from brushwork.serve.api import gallery, info, jobs as jobs_api, models, sdapi, sdapi_info
+from brushwork.serve.api import gallery, info, jobs as jobs_api, models, sdapi, sdapi_info, sdapi_system
 from brushwork.serve.auth import AuthMiddleware, build_authenticator
 from brushwork.serve.deps import Upscalers, WebuiOptions
 from brushwork.serve.jobs import JobService
@@ -89,7 +89,7 @@ def create_app(
 
     for router in (jobs_api.router, gallery.router, models.router, info.router):
         app.include_router(router, prefix="/api/v1")
-    for router in (sdapi.router, sdapi_info.router):
+    for router in (sdapi.router, sdapi_info.router, sdapi_system.router):
         app.include_router(router, prefix="/sdapi/v1")
     add_error_handlers(app)
 

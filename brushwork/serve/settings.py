@@ -46,6 +46,7 @@ class Settings:
     allow_pickle: bool = False
     batching: bool = True  # let the queue denoise compatible jobs together
     device: str | None = None  # None: cuda when present, else cpu
+    allow_server_stop: bool = False  # A1111's --api-server-stop: /sdapi/v1/server-stop, -restart, -kill
 
     @property
     def auth_enabled(self) -> bool:

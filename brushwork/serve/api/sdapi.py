@@ -1,4 +1,5 @@
-"""A1111's `/sdapi/v1` generation routes: txt2img, img2img, progress, interrupt, skip, png-info, extra-single-image.
+"""A1111's `/sdapi/v1` generation routes: txt2img, img2img, progress, interrupt, skip, png-info, extra-single-image,
+extra-batch-images.
 
 txt2img and img2img are synchronous, as in A1111: the request goes through the same job queue as every
 other (same fairness, same crash safety) and the answer comes when its job ends. An interrupted job
@@ -20,6 +21,9 @@ from brushwork.recipe import Recipe
 from brushwork.serve.api.info import read_info_from_bytes
 from brushwork.serve.api.sdapi_adapter import a1111_wording, img2img_recipe, info_json, png_info_parameters, txt2img_recipe
 from brushwork.serve.api.sdapi_schemas import (
+    ExtrasBaseRequest,
+    ExtrasBatchImagesRequest,
+    ExtrasBatchImagesResponse,
     ExtrasSingleImageRequest,
     ExtrasSingleImageResponse,
     GenerationRequest,
@@ -31,10 +35,11 @@ from brushwork.serve.api.sdapi_schemas import (
     ProgressState,
     Txt2ImgRequest,
 )
-from brushwork.serve.deps import ImageUpscalers, Jobs, Options, ServerLimits, Shutdown, Store, Upscalers, User
+from brushwork.serve.deps import ImageUpscalers, Jobs, Options, ServerLimits, ServerSettings, Shutdown, Store, Upscalers, User
 from brushwork.serve.jobs import Job, JobService, JobState
 from brushwork.serve.limits import OverLimit, admit, decode_base64_image, png_base64
-from brushwork.serve.settings import Limits
+from brushwork.serve.settings import Limits, Settings
+from brushwork.styles import STYLES_NAME, apply_styles_to_recipe, load_styles
 from brushwork.upscale import plan_size, postprocess_fields
 
 router = APIRouter(tags=["sdapi (AUTOMATIC1111)"])
@@ -43,16 +48,18 @@ WAIT_SLICE_SECONDS = 5.0  # how often a waiting request looks up from its job to
 
 
 @router.post("/txt2img", response_model=ImageResponse)
-def txt2img(body: Txt2ImgRequest, jobs: Jobs, store: Store, limits: ServerLimits, user: User, options: Options,
+def txt2img(body: Txt2ImgRequest, jobs: Jobs, store: Store, settings: ServerSettings, user: User, options: Options,
             upscalers: ImageUpscalers, shutdown: Shutdown) -> ImageResponse:
-    recipe = admit_a1111(txt2img_recipe(body, options), limits, store, upscalers.names())
+    recipe = styled(txt2img_recipe(body, options), body, settings)
+    recipe = admit_a1111(recipe, settings.limits, store, upscalers.names())
     return generate(jobs, recipe, user, body, shutdown)
 
 
 @router.post("/img2img", response_model=ImageResponse)
-def img2img(body: Img2ImgRequest, jobs: Jobs, store: Store, limits: ServerLimits, user: User, options: Options,
+def img2img(body: Img2ImgRequest, jobs: Jobs, store: Store, settings: ServerSettings, user: User, options: Options,
             upscalers: ImageUpscalers, shutdown: Shutdown) -> ImageResponse:
-    recipe = admit_a1111(img2img_recipe(body, options), limits, store, upscalers.names())
+    recipe = styled(img2img_recipe(body, options), body, settings)
+    recipe = admit_a1111(recipe, settings.limits, store, upscalers.names())
     return generate(jobs, recipe, user, body, shutdown)
 
 
@@ -111,11 +118,29 @@ def png_info(body: PngInfoRequest, limits: ServerLimits) -> PngInfoResponse:
 def extra_single_image(body: ExtrasSingleImageRequest, limits: ServerLimits,
                        upscalers: ImageUpscalers) -> ExtrasSingleImageResponse:
     """Upscale one picture (A1111's Extras tab) with one upscaler, or two blended; no face restoration."""
-    if body.gfpgan_visibility or body.codeformer_visibility:
-        raise BrushworkError("gfpgan_visibility, codeformer_visibility: face restoration is not available in brushwork")
     if not body.image:
         raise BrushworkError("image: send the picture as base64")
-    _, image = decode_base64_image(body.image, "image", limits)
+    image, info = extras(body, body.image, "image", limits, upscalers)
+    return ExtrasSingleImageResponse(html_info=info, image=png_base64(image))
+
+
+@router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
+def extra_batch_images(body: ExtrasBatchImagesRequest, limits: ServerLimits,
+                       upscalers: ImageUpscalers) -> ExtrasBatchImagesResponse:
+    """extra-single-image for each picture of `imageList`, all checked before the first is upscaled."""
+    if not body.imageList:
+        raise BrushworkError("imageList: send at least one picture")
+    for number, item in enumerate(body.imageList):
+        decode_base64_image(item.data, f"imageList[{number}].data", limits)
+    done = [extras(body, item.data, f"imageList[{n}].data", limits, upscalers) for n, item in enumerate(body.imageList)]
+    return ExtrasBatchImagesResponse(html_info=done[0][1], images=[png_base64(image) for image, _ in done])
+
+
+def extras(body: ExtrasBaseRequest, data: str, field: str, limits: Limits, upscalers: Upscalers) -> tuple[Image.Image, str]:
+    """One picture through the Extras settings: (the result, A1111's html_info)."""
+    if body.gfpgan_visibility or body.codeformer_visibility:
+        raise BrushworkError("gfpgan_visibility, codeformer_visibility: face restoration is not available in brushwork")
+    _, image = decode_base64_image(data, field, limits)
     if body.resize_mode not in (0, 1):
         raise BrushworkError(f"resize_mode: {body.resize_mode} is not 0 (scale by) or 1 (scale to)")
     scale: float | tuple[int, int] = body.upscaling_resize
@@ -124,7 +149,7 @@ def extra_single_image(body: ExtrasSingleImageRequest, limits: ServerLimits,
     plan = plan_size(image.size, scale)
     _check_size(plan.final if body.upscaling_crop else plan.resized, limits)
     if body.upscaler_1 == "None":
-        return ExtrasSingleImageResponse(html_info="", image=png_base64(image))
+        return image, ""
 
     result = _upscaled(upscalers, image, body.upscaler_1, scale, body.upscaling_crop)
     fields = postprocess_fields(body.upscaler_1, scale, plan)
@@ -134,7 +159,14 @@ def extra_single_image(body: ExtrasSingleImageRequest, limits: ServerLimits,
         fields["Postprocess upscaler 2"] = body.upscaler_2
         fields["Postprocess upscaler 2 visibility"] = f"{body.extras_upscaler_2_visibility:g}"
     info = ", ".join(f"{key}: {value}" for key, value in fields.items())
-    return ExtrasSingleImageResponse(html_info=f"<p>{info}</p>", image=png_base64(result))
+    return result, f"<p>{info}</p>"
+
+
+def styled(recipe: Recipe, body: GenerationRequest, settings: Settings) -> Recipe:
+    """The request's `styles` (rows of the data folder's styles.csv) merged into its prompts, as A1111 does."""
+    if not body.styles:
+        return recipe
+    return apply_styles_to_recipe(recipe, body.styles, load_styles(settings.data_dir / STYLES_NAME))
 
 
 def admit_a1111(recipe: Recipe, limits: Limits, store: ModelStore, upscalers: list[str]) -> Recipe:

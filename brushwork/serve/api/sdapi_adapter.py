@@ -70,13 +70,15 @@ def sampler_name(name: str | None, scheduler: str | None) -> str:
 def check_unsupported(request: GenerationRequest) -> None:
     """Refuse A1111 features brushwork does not have, unless they are at their neutral value."""
     unsupported = {
-        "restore_faces": bool(request.restore_faces), "tiling": bool(request.tiling), "styles": bool(request.styles),
-        "subseed_strength": request.subseed_strength != 0, "script_name": bool(request.script_name),
+        "restore_faces": bool(request.restore_faces), "subseed_strength": request.subseed_strength != 0,
         "refiner_checkpoint": request.refiner_checkpoint not in SAME,
         "alwayson_scripts": any(isinstance(v, dict) and v.get("args") for v in request.alwayson_scripts.values()),
     }
     if isinstance(request, Txt2ImgRequest):
         unsupported["hr_checkpoint_name"] = request.hr_checkpoint_name not in SAME
+    if request.script_name:
+        raise RecipeError(f"script_name: {request.script_name!r} is not a script of this server; it runs none "
+                          "(SD upscale is not available yet; see GET /sdapi/v1/scripts)")
     used = [name for name, is_used in unsupported.items() if is_used]
     if used:
         raise RecipeError(f"{', '.join(used)}: not supported by brushwork; leave unset (see docs/api.md)")
@@ -149,8 +151,11 @@ def _common_fields(request: GenerationRequest, options: WebuiOptions) -> dict[st
     return {
         "prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": request.seed,
         "sampler": sampler_name(request.sampler_name or request.sampler_index, request.scheduler),
-        "steps": request.steps, "cfg_scale": request.cfg_scale, "width": request.width, "height": request.height,
-        "batch_size": request.batch_size, "batch_count": request.n_iter, **overrides(request, options),
+        # A1111 rounds sizes down to a multiple of 8 (the native API refuses them instead).
+        "steps": request.steps, "cfg_scale": request.cfg_scale, "width": request.width // 8 * 8,
+        "height": request.height // 8 * 8,
+        "batch_size": request.batch_size, "batch_count": request.n_iter, "tiling": bool(request.tiling),
+        **overrides(request, options),
     }
 
 

@@ -132,8 +132,9 @@ class PngInfoResponse(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
-class ExtrasSingleImageRequest(A1111Request):
-    image: str = ""
+class ExtrasBaseRequest(A1111Request):
+    """The Extras tab's settings, for one picture or a batch."""
+
     resize_mode: int = Field(0, description="0: scale by upscaling_resize; 1: to upscaling_resize_w x _h.")
     show_extras_results: bool = True
     gfpgan_visibility: float = 0.0
@@ -147,6 +148,10 @@ class ExtrasSingleImageRequest(A1111Request):
     upscaler_2: str = "None"
     extras_upscaler_2_visibility: float = 0.0
     upscale_first: bool = False
+
+
+class ExtrasSingleImageRequest(ExtrasBaseRequest):
+    image: str = ""
 
 
 class ExtrasSingleImageResponse(BaseModel):
@@ -204,3 +209,83 @@ class LoraItem(BaseModel):
 class ScriptsList(BaseModel):
     txt2img: list[str] = Field(default_factory=list)
     img2img: list[str] = Field(default_factory=list)
+
+
+class ScriptArg(BaseModel):
+    label: str | None = None
+    value: Any = None
+    minimum: Any = None
+    maximum: Any = None
+    step: Any = None
+    choices: list[str] | None = None
+
+
+class ScriptInfo(BaseModel):
+    name: str | None = None
+    is_alwayson: bool | None = None
+    is_img2img: bool | None = None
+    args: list[ScriptArg]
+
+
+class HypernetworkItem(BaseModel):
+    name: str
+    path: str | None = None
+
+
+class FaceRestorerItem(BaseModel):
+    name: str
+    cmd_dir: str | None = None
+
+
+class RealesrganItem(BaseModel):
+    name: str
+    path: str | None = None
+    scale: int | None = None
+
+
+class PromptStyleItem(BaseModel):
+    name: str
+    prompt: str | None = None
+    negative_prompt: str | None = None
+
+
+class EmbeddingItem(BaseModel):
+    step: int | None = None
+    sd_checkpoint: str | None = None
+    sd_checkpoint_name: str | None = None
+    shape: int
+    vectors: int
+
+
+class EmbeddingsResponse(BaseModel):
+    loaded: dict[str, EmbeddingItem] = Field(description="Embeddings in use with the current model")
+    skipped: dict[str, EmbeddingItem] = Field(description="Embeddings found but not in use (see docs/api.md)")
+
+
+class MemoryResponse(BaseModel):
+    ram: dict[str, Any]
+    cuda: dict[str, Any]
+
+
+class SDModuleItem(BaseModel):
+    model_name: str
+    filename: str
+
+
+class FileData(BaseModel):
+    data: str
+    name: str
+
+
+class ExtrasBatchImagesRequest(ExtrasBaseRequest):
+    imageList: list[FileData] = Field(default_factory=list)
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    html_info: str
+    images: list[str]
+
+
+class InterrogateRequest(A1111Request):
+    image: str = ""
+    model: str = "clip"
