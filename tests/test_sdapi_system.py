@@ -100,3 +100,9 @@ def test_tiling_is_honoured(client):  # A1111's test_txt2img_with_tiling_perform
     response = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2, "width": 32, "height": 32, "tiling": True})
     assert response.status_code == 200, response.text
     assert "Tiling: True" in response.json()["info"]
+
+
+def test_a_lora_tag_answers_a_warning(client):
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": "x <lora:ink-style:0.5>", "steps": 2, "width": 32, "height": 32})
+    assert response.status_code == 200, response.text
+    assert "<lora:ink-style:0.5> was removed from the prompt" in response.json()["info"]

@@ -28,7 +28,7 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from brushwork.models.components import Components
-from brushwork.models.detect import BASE_SCHEDULER_CONFIG, VAE_SCALE_FACTOR, clip_heads, unet_heads
+from brushwork.models.detect import BASE_SCHEDULER_CONFIG, SD1_NUM_HEADS, VAE_SCALE_FACTOR, clip_heads, unet_head_channels
 from brushwork.models.single_file import save_single_file, shipped_tokenizer
 
 VARIANTS = ("sd1", "sd2", "sd2-v", "sdxl", "sd1-inpaint")
@@ -103,7 +103,7 @@ def _unet_kwargs(family: str, inpaint: bool, context_dim: int, *, upcast: bool) 
         "layers_per_block": 1,
         "norm_num_groups": 32,
         "cross_attention_dim": context_dim,
-        "attention_head_dim": unet_heads(family, UNET_CHANNELS),
+        "attention_head_dim": unet_heads(family),
         "use_linear_projection": family != "sd1",
     }
     if family == "sdxl":
@@ -123,6 +123,13 @@ def _unet_kwargs(family: str, inpaint: bool, context_dim: int, *, upcast: bool) 
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         )
     return kwargs
+
+
+def unet_heads(family: str) -> int | list[int]:
+    """diffusers' `attention_head_dim` (really: heads per level) under the family convention, as detect reads it."""
+    if family == "sd1":
+        return SD1_NUM_HEADS
+    return [channels // unet_head_channels(UNET_CHANNELS[0]) for channels in UNET_CHANNELS]
 
 
 def _clip(width: int, act: str, projection: int | None = None) -> CLIPTextModel | CLIPTextModelWithProjection:

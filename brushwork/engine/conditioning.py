@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from brushwork.models.components import Components
-from brushwork.prompts import PromptChunk, build_chunks, get_schedule
+from brushwork.prompts import PromptChunk, build_chunks, extract_loras, get_schedule
 
 
 @dataclass
@@ -53,6 +53,7 @@ class PromptEncoder:
         self, pairs: list[tuple[str, str]], steps: int
     ) -> list[tuple[ScheduledConditioning, ScheduledConditioning]]:
         """Several (positive, negative) pairs, all padded to one chunk count so they share a U-Net batch."""
+        pairs = [(without_loras(p), without_loras(n)) for p, n in pairs]
         schedules = [(get_schedule(p, steps), get_schedule(n, steps)) for p, n in pairs]
         texts = list(dict.fromkeys(text for pos, neg in schedules for _, text in pos + neg))
         chunk_lists = {text: self._chunks(text) for text in texts}
@@ -72,7 +73,8 @@ class PromptEncoder:
 
     def chunk_count(self, positive: str, negative: str, steps: int) -> int:
         """How many 75-token chunks the longest scheduled text of this pair needs."""
-        texts = {text for prompt in (positive, negative) for _, text in get_schedule(prompt, steps)}
+        pairs = (without_loras(positive), without_loras(negative))
+        texts = {text for prompt in pairs for _, text in get_schedule(prompt, steps)}
         return max(len(self._chunks(text)[0]) for text in texts)
 
     # -- chunking ---------------------------------------------------------------------------------
@@ -138,6 +140,12 @@ class PromptEncoder:
         hidden = output.hidden_states[-self.clip_skip]
         # transformers 5 flattened CLIPTextModel; the projection variant still nests `text_model`.
         return getattr(encoder, "text_model", encoder).final_layer_norm(hidden)
+
+
+def without_loras(prompt: str) -> str:
+    """The prompt with its `<lora:name:weight>` tags removed: LoRA is not applied yet (it comes with the
+    model-patch seam; the engine notes each removed tag), and A1111 never lets such a tag reach CLIP."""
+    return extract_loras(prompt)[0]
 
 
 def _apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

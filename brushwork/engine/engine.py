@@ -31,6 +31,7 @@ from brushwork.engine.passes import PassPlan, run_pass, steps_run
 from brushwork.engine.seamless import circular_padding
 from brushwork.infotext import format_infotext, recipe_extras
 from brushwork.models.store import LoadedModel, ModelStore
+from brushwork.prompts import extract_loras
 from brushwork.recipe import MAX_SEED, Recipe
 
 
@@ -154,6 +155,7 @@ class Engine:
         if source is not None:
             self._plan_img2img(plan, recipe, source, components)
         result.timings["condition"] = time.perf_counter() - started - result.timings["load"]
+        result.notes.extend(lora_notes(recipe))
 
         batches = range(recipe.batch_count) if only_batch is None else [only_batch]
         for batch in batches:
@@ -211,6 +213,8 @@ class Engine:
         for members in subgroups.values():
             self._run_group([resolved[i] for i in members], [results[i] for i in members], model, encoder,
                             started, on_progress, should_stop)
+        for recipe, result in zip(resolved, results):
+            result.notes.extend(lora_notes(recipe))
         for result in results:
             result.timings["total"] = time.perf_counter() - started
         return results
@@ -252,6 +256,16 @@ class Engine:
             ),
             recipe_json=json.dumps({"brushwork": __version__, "recipe": recipe.model_dump(), "index": index}, sort_keys=True),
         )
+
+
+def lora_notes(recipe: Recipe) -> list[str]:
+    """A warning for each `<lora:...>` tag the prompt encoder removes from the recipe's prompts unapplied."""
+    texts = [recipe.prompt, recipe.negative_prompt]
+    if recipe.hires is not None:
+        texts += [recipe.hires.prompt or "", recipe.hires.negative_prompt or ""]
+    tags = [f"<lora:{ref.name}:{ref.weight:g}>" for text in texts for ref in extract_loras(text)[1]]
+    return [f"{tag} was removed from the prompt and not applied: brushwork does not apply LoRAs yet"
+            for tag in dict.fromkeys(tags)]
 
 
 def groupable(recipe: Recipe) -> tuple | None:

@@ -61,10 +61,6 @@ BASE_SCHEDULER_CONFIG: dict[str, Any] = {
     "prediction_type": "epsilon",
 }
 
-# Keys that sit inside a component's prefix but are not weights of the diffusers module.
-_IGNORED_SUFFIXES = ("position_ids", "logit_scale")
-
-
 @dataclass
 class TextEncoderLayout:
     """One text encoder inside the checkpoint."""
@@ -238,14 +234,6 @@ def clip_heads(hidden: int) -> int:
 def unet_head_channels(model_channels: int) -> int:
     """Channels per attention head for SD 2.x / SDXL: 64, or the first level's width if narrower."""
     return min(HEAD_CHANNELS, model_channels)
-
-
-def unet_heads(family: str, block_out_channels: list[int] | tuple[int, ...]) -> int | list[int]:
-    """diffusers' `attention_head_dim` (really: heads per level) under the family convention."""
-    if family == "sd1":
-        return SD1_NUM_HEADS
-    head_channels = unet_head_channels(block_out_channels[0])
-    return [c // head_channels for c in block_out_channels]
 
 
 def _unet_params(sd: Mapping[str, torch.Tensor], family: str, text_encoders: list[TextEncoderLayout]) -> dict[str, Any]:

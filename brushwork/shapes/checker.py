@@ -241,11 +241,6 @@ def detect(image: Image.Image | np.ndarray) -> list[DetectedObject]:
     return _detect(pixels, model_background(pixels))
 
 
-def background_names(image: Image.Image | np.ndarray) -> tuple[str, ...]:
-    """Palette names of the background colour(s): one for a plain background, two for a two-tone one."""
-    return tuple(colour_name(bg) for bg in estimate_background(_to_array(image))[0])
-
-
 def check(image: Image.Image | np.ndarray, expectation: Expectation | str) -> CheckResult:
     """Judge a picture against a prompt (or a parsed Expectation). An attribute holds when every object has it."""
     if isinstance(expectation, str):

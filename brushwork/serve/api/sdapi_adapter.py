@@ -201,6 +201,7 @@ def info_json(job: Job) -> str:
         "infotexts": [record.infotext for record in job.images], "styles": [],
         "job_timestamp": (job.started or job.created).strftime("%Y%m%d%H%M%S"), "clip_skip": recipe.clip_skip,
         "is_using_inpainting_conditioning": False, "version": f"brushwork {__version__}",
+        "comments": "\n".join(job.notes),  # what the engine wants the user to know (A1111's Processed.comments)
     })
 
 
