@@ -15,6 +15,10 @@ from pydantic import BaseModel, Field
 
 from brushwork.recipe import Recipe
 
+INTERNAL_ERROR = "internal error"
+"""How a failed job's `error` begins when a bug failed it, not the request; front ends answer those with
+a 500 and every other failure (a user error, in its own words) with a 4xx."""
+
 
 class JobState(str, Enum):
     queued = "queued"
@@ -58,7 +62,7 @@ class Job(BaseModel):
     finished: datetime | None = None
     position: int | None = None  # place in the queue while queued (0 = next)
     progress: JobProgress = Field(default_factory=JobProgress)
-    error: str | None = None  # one line, for failed jobs
+    error: str | None = None  # one line, for failed jobs: the user's error, or INTERNAL_ERROR + ": ..." for a bug
     images: list[ImageRecord] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
 

@@ -9,12 +9,16 @@ share one U-Net batch.
   and the re-run makes only the pictures the index lacks: each job ends once, with exactly its pictures.
 * Fairness: owners take turns (round-robin, the least recently served owner first, ties by oldest job),
   and each owner's jobs run oldest first.
+* Failures: whatever raises, each job the worker takes ends (done, failed or cancelled) or goes back to the
+  queue, and the worker goes on. A failed job's `error` is one line (a user error's own words, or
+  "internal error: ..." for a bug) and its traceback is logged with its id. A job is prepared (its run
+  objects built) before it is marked running, so one that cannot be fails alone and never joins a group;
+  a group whose run fails goes back to run one job at a time, so only the job that caused it fails.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import logging
 import sqlite3
@@ -32,14 +36,13 @@ from brushwork.engine.engine import groupable as group_key
 from brushwork.engine.passes import steps_run
 from brushwork.errors import BrushworkError, Cancelled
 from brushwork.recipe import MAX_SEED, Recipe, describe_validation_error
-from brushwork.serve.gallery import Gallery, JobTable, claim_folder, job_from_row, now, open_database, stored_recipe
-from brushwork.serve.jobs import ImageRecord, Job, JobEvent, JobProgress, JobState
+from brushwork.serve.gallery import Gallery, JobTable, claim_folder, job_from_row, now, open_database
+from brushwork.serve.jobs import INTERNAL_ERROR, ImageRecord, Job, JobEvent, JobProgress, JobState
 
 log = logging.getLogger(__name__)
 
 DATABASE_NAME = "queue.sqlite3"
 OUTPUTS_NAME = "outputs"
-WORKER_FAILED = "internal error: the worker failed; see the server log"
 GROUP_SCAN = 64  # queued jobs looked at for a group: deeper ones would jump too far ahead
 IDLE_POLL_SECONDS = 2.0  # an idle worker also looks for jobs another process (a CLI) added to the file
 
@@ -76,6 +79,23 @@ def one_line(error: BaseException) -> str:
     return " ".join(text.split())[:500] or type(error).__name__
 
 
+def failure_reason(error: BaseException) -> str:
+    """A failed job's `error`: a user error's own words (BrushworkError, ValidationError); anything else is
+    a bug, "internal error: <type>: <message>" (the API answers 500 for those, 422 for the rest)."""
+    if isinstance(error, (BrushworkError, ValidationError)):
+        return one_line(error)
+    return " ".join(f"{INTERNAL_ERROR}: {type(error).__name__}: {error}".split())[:500]
+
+
+def _log_failure(job_id: str, error: BaseException, when: str) -> None:
+    """A failed job's full traceback, with its id: at ERROR for a bug, at INFO for a user error (expected,
+    and already told to the user in the job's `error`)."""
+    if isinstance(error, (BrushworkError, ValidationError)):
+        log.info("job %s failed %s: %s", job_id, when, one_line(error), exc_info=error)
+    else:
+        log.error("job %s failed %s", job_id, when, exc_info=error)
+
+
 class _StepCounter:
     """Turns the engine's per-pass step reports into steps of the whole job (all batches, all passes)."""
 
@@ -99,6 +119,16 @@ class _StepCounter:
         # Scheduler timesteps (second-order samplers take two per step) scaled to the pass's planned steps.
         within = round(self.passes[self._pass] * step / max(total, 1))
         return min(self.total, batch * self.per_batch + sum(self.passes[: self._pass]) + within)
+
+
+@dataclass
+class _Prepared:
+    """A queued job made ready to run, before it is marked running (`JobQueue._prepare`)."""
+
+    job: Job
+    steps: _StepCounter
+    group: tuple | None  # what jobs must share to join its U-Net batch; None: it runs alone
+    images: int
 
 
 @dataclass
@@ -144,6 +174,7 @@ class JobQueue:
         self._last_served: dict[str, int] = {}
         self._turn = 0
         self._solo: set[str] = set()  # jobs of a group that failed: each runs alone to find the culprit
+        self._unrecorded: dict[str, tuple[str, JobState, list[str]]] = {}  # failures the database refused
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._folder_lock: IO[str] | None = None
@@ -218,8 +249,13 @@ class JobQueue:
             return [self._job(row, positions) for row in rows]
 
     def current(self) -> Job | None:
+        """The running job (a group's first one still running); never one that has ended."""
         with self._lock:
-            return None if self._running is None else self.get(self._running.jobs[0].id)
+            for member in self._running.jobs if self._running is not None else ():
+                job = self.get(member.id)
+                if job is not None and job.state is JobState.running:
+                    return job
+            return None
 
     def cancel(self, job_id: str) -> bool:
         with self._changed:
@@ -311,7 +347,8 @@ class JobQueue:
     # -- the worker -----------------------------------------------------------------------------------
 
     def _work(self) -> None:
-        """The worker thread: take the next job (or group) fairly, run it, repeat; never dies."""
+        """The worker thread: take the next job (or group) fairly, run it, repeat. It never dies, and
+        whatever raises, each job it took ends (done, failed or cancelled) or goes back to the queue."""
         while True:
             try:
                 with self._changed:
@@ -326,50 +363,74 @@ class JobQueue:
                 return
             try:
                 self._execute(run)
-            except Exception:  # a bug or a broken database: fail what is left, keep the worker alive
-                log.exception("job queue worker error")
+            except Exception as error:  # a bug or a broken database: fail what is left, keep the worker alive
+                log.error("job queue worker error while running job(s) %s", ", ".join(run.seqs), exc_info=error)
                 for job in run.jobs:
-                    with contextlib.suppress(Exception):
-                        self._jobs.finish(job.id, JobState.failed, error=WORKER_FAILED, only_from=JobState.running)
+                    self._record_failure(job.id, failure_reason(error), only_from=JobState.running)
             finally:
                 with self._changed:
                     self._running = None
                     self._bump()
 
     def _take_next(self) -> _Run | None:
-        """Mark the next job (plus compatible ones when grouping) running; call with the lock held."""
-        rows = self._jobs.queued()
-        if not rows:
-            return None
+        """Mark the next job (plus compatible ones when grouping) running; call with the lock held.
+
+        Each job is prepared before it is marked running: one that cannot be fails there, alone, and the
+        next one is taken, so no job is left `running` for want of its run objects and no bad job joins
+        a group. Marking is all or none, and nothing after it can fail."""
+        self._retry_failures()
+        rows = [row for row in self._jobs.queued() if row["id"] not in self._unrecorded]
         by_id = {row["id"]: row for row in rows}
         order = fair_order([(row["id"], row["owner"]) for row in rows], self._last_served)
-        chosen = [order[0]]
-        leader = stored_recipe(self._jobs.row(order[0]))
-        room = self.max_group_images - leader.image_count
-        if room > 0 and order[0] not in self._solo and hasattr(self.engine, "generate_group"):
-            for job_id in order[1 : 1 + GROUP_SCAN]:
-                recipe = stored_recipe(self._jobs.row(job_id))
-                if recipe.image_count <= room and job_id not in self._solo and compatible(leader, recipe):
-                    chosen.append(job_id)
-                    room -= recipe.image_count
-        self._jobs.mark_running(chosen)
-        for job_id in chosen:
+        leader = None
+        while order and leader is None:
+            leader = self._prepared(order.pop(0))
+        if leader is None:
+            return None
+        chosen, room = [leader], self.max_group_images - leader.images
+        grouping = hasattr(self.engine, "generate_group") and leader.job.id not in self._solo
+        if grouping and leader.group is not None and room > 0:
+            for job_id in order[:GROUP_SCAN]:
+                member = None if job_id in self._solo else self._prepared(job_id)
+                if member is not None and member.group == leader.group and member.images <= room:
+                    chosen.append(member)
+                    room -= member.images
+        jobs = [prepared.job for prepared in chosen]
+        self._jobs.mark_running(job.id for job in jobs)
+        for job in jobs:
             self._turn += 1
-            self._last_served[by_id[job_id]["owner"]] = self._turn
-        jobs = [self._job(self._jobs.row(job_id)) for job_id in chosen]
-        steps = _StepCounter(leader)
-        seqs = {job_id: by_id[job_id]["seq"] for job_id in chosen}
-        self._running = _Run(jobs, seqs, steps, JobProgress(total=steps.total))
+            self._last_served[job.owner] = self._turn
+        seqs = {job.id: by_id[job.id]["seq"] for job in jobs}
+        self._running = _Run(jobs, seqs, leader.steps, JobProgress(total=leader.steps.total))
         self._bump()
         return self._running
+
+    def _prepared(self, job_id: str) -> _Prepared | None:
+        """`_prepare` for a queued job, or None when it cannot be prepared: then it has failed."""
+        row = self._jobs.row(job_id)  # a database error is the queue's, not the job's: the worker retries
+        if row is None:
+            return None
+        try:
+            return self._prepare(row)
+        except Exception as error:
+            _log_failure(job_id, error, "before it could run")
+            self._record_failure(job_id, failure_reason(error), only_from=JobState.queued)
+            return None
+
+    def _prepare(self, row: sqlite3.Row) -> _Prepared:
+        """A queued job's run objects: its Job, with the stored recipe validated again (another version
+        may have stored it), its steps planned and its group key. Raises what makes the job unrunnable."""
+        recipe = Recipe.model_validate_json(row["recipe"])
+        job = job_from_row(row, []).model_copy(update={"recipe": recipe, "state": JobState.running})
+        return _Prepared(job, _StepCounter(recipe), group_key(recipe), recipe.image_count)
 
     def _execute(self, run: _Run) -> None:
         if len(run.jobs) == 1:
             self._run_single(run, run.jobs[0])
             return
         jobs = run.jobs
-        done = {job.id: self._images.recorded_indices(job.id) for job in jobs}
         try:
+            done = {job.id: self._images.recorded_indices(job.id) for job in jobs}
             # One list[Result] in the recipes' order, once the whole batch is decoded; Cancelled on stop.
             results = self.engine.generate_group(
                 [job.recipe for job in jobs], on_progress=self._reporter(run), should_stop=run.should_stop
@@ -381,23 +442,29 @@ class JobQueue:
         except Cancelled:
             self._end_stopped(run, jobs)
         except Exception as error:
-            # One bad recipe must not fail its neighbours: they go back to run alone, so an error lands
-            # on its own job (pictures are made at the end of a group's one batch, so none are lost).
-            log.warning("group of %d jobs failed (%s); re-queueing them to run one by one", len(jobs), one_line(error))
-            self._solo.update(job.id for job in jobs)
+            # Which job caused it is unknown: each goes back to run alone, so the error lands on its own job
+            # and the others make their pictures (a group makes them all at the end of its one batch; any
+            # saved already are kept and not made again). A job cancelled meanwhile stays cancelled.
+            log.warning("group of jobs %s failed; re-queueing them to run one by one", ", ".join(run.seqs),
+                        exc_info=error)
             for job in jobs:
-                self._requeue(job)
+                if job.id in run.cancelled:
+                    self._finish(run, job, JobState.cancelled)
+                else:
+                    self._solo.add(job.id)
+                    self._requeue(job)
         else:
             for job in jobs:
                 self._finish(run, job, JobState.done)
 
     def _run_single(self, run: _Run, job: Job) -> None:
-        """Run one job batch by batch, skipping batches already indexed (re-runs) or skipped by the user."""
-        skipped = self._jobs.skipped(job.id)
-        done = self._images.recorded_indices(job.id)
+        """Run one job batch by batch, skipping batches already indexed (re-runs) or skipped by the user.
+        Whatever raises ends the job: cancelled or back in the queue after a stop, else failed."""
         result = Result(recipe=job.recipe)  # collects the engine's notes
         try:
-            recipe = Recipe.model_validate(job.recipe.model_dump())
+            skipped = self._jobs.skipped(job.id)
+            done = self._images.recorded_indices(job.id)
+            recipe = job.recipe  # validated when the job was taken (`_prepare`), and this run's own
             size = recipe.batch_size
             finished = [batch for batch in range(recipe.batch_count)
                         if batch in skipped or done.issuperset(range(batch * size, (batch + 1) * size))]
@@ -420,12 +487,9 @@ class JobQueue:
                     self._jobs.set_skipped(job.id, skipped)
         except Cancelled:
             self._end_stopped(run, [job])
-        except (BrushworkError, ValidationError) as error:
-            self._finish(run, job, JobState.failed, error=one_line(error), notes=result.notes)
         except Exception as error:
-            log.exception("job %s failed", job.id)
-            message = " ".join(f"internal error: {type(error).__name__}: {error}".split())[:500]
-            self._finish(run, job, JobState.failed, error=message, notes=result.notes)
+            _log_failure(job.id, error, "while running")
+            self._record_failure(job.id, failure_reason(error), only_from=JobState.running, notes=result.notes)
         else:
             self._finish(run, job, JobState.done, notes=result.notes)
 
@@ -477,6 +541,25 @@ class JobQueue:
     def _requeue(self, job: Job) -> None:
         with self._changed:
             self._jobs.requeue(job.id)
+            self._bump()
+
+    def _record_failure(self, job_id: str, error: str, *, only_from: JobState, notes: Iterable[str] = ()) -> None:
+        """Mark a job failed (if it is still in `only_from`). When the database refuses, the failure is
+        kept and written before the next job is taken, so no job stays `running` while the worker lives."""
+        with self._changed:
+            self._solo.discard(job_id)
+            try:
+                self._jobs.finish(job_id, JobState.failed, error=error, notes=notes, only_from=only_from)
+            except Exception:
+                log.exception("cannot record that job %s failed; trying again before the next job", job_id)
+                self._unrecorded[job_id] = (error, only_from, list(notes))
+            self._bump()
+
+    def _retry_failures(self) -> None:
+        """Write the failures the database refused before (call with the lock held); raises if it still does."""
+        for job_id, (error, only_from, notes) in list(self._unrecorded.items()):
+            self._jobs.finish(job_id, JobState.failed, error=error, notes=notes, only_from=only_from)
+            del self._unrecorded[job_id]
             self._bump()
 
 
