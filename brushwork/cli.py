@@ -15,11 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing we run may reach for a m
 
 from pydantic import ValidationError  # noqa: E402
 
-from brushwork.errors import BrushworkError, Cancelled  # noqa: E402
+from brushwork.errors import EXIT_INTERRUPTED, EXIT_USAGE, BrushworkError, Cancelled  # noqa: E402
 from brushwork.recipe import describe_validation_error  # noqa: E402
-
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:

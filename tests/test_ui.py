@@ -1,5 +1,5 @@
 """The web UI without a browser: form <-> Recipe mapping, the mask painter, send-to, seed buttons, progress,
-the tabs' handlers on the real JobQueue and a tiny model, and `mount` next to the API."""
+the style picker, the tabs' handlers on the real JobQueue and a tiny model, and `mount` next to the API."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from brushwork.recipe import Recipe
 from brushwork.serve.app import create_app
 from brushwork.serve.jobs import Job, JobEvent, JobProgress, JobState
 from brushwork.serve.settings import Limits, Settings
+from brushwork.styles import PromptStyle
 from brushwork.serve.ui_forms import (
     AUTOMATIC, SAME_SAMPLER, form_from_recipe, mask_from_editor, match_choice, owner_of, progress_html,
     queue_html, random_seed, recipe_from_form, reuse_seed,
@@ -32,7 +33,7 @@ LIMITS = Limits(max_pixels=256 * 256, max_steps=60, max_batch=4, max_upload_byte
 TIMEOUT = 60.0
 
 TXT2IMG_FORM: dict[str, Any] = {
-    "prompt": "a red fox", "negative_prompt": "blurry", "model": "tiny.safetensors", "vae": AUTOMATIC,
+    "prompt": "a red fox", "negative_prompt": "blurry", "styles": [], "model": "tiny.safetensors", "vae": AUTOMATIC,
     "sampler": "Euler a", "steps": 3, "cfg_scale": 6.5, "seed": 42, "width": 64, "height": 0,
     "batch_size": 1, "batch_count": 2, "clip_skip": 2, "hires_enable": False, "hires_upscaler": "Latent",
     "hires_scale": 2.0, "hires_resize_width": 0, "hires_resize_height": 0, "hires_steps": 0,
@@ -45,6 +46,12 @@ IMG2IMG_FORM: dict[str, Any] = {
     "inpaint_area": "Only masked", "inpaint_padding": 16, "mask_mode": "Inpaint not masked",
     "outpaint_left": 0, "outpaint_right": 0, "outpaint_top": 0, "outpaint_bottom": 0,
 }
+
+
+STYLES_CSV = ('name,prompt,negative_prompt\nNone,,\nFilm,"cinematic still of {prompt}, 35mm",cartoon\n'
+              'Oil,"oil painting, canvas",\n')
+STYLES = {"Film": PromptStyle("Film", "cinematic still of {prompt}, 35mm", "cartoon"),
+          "Oil": PromptStyle("Oil", "oil painting, canvas", "")}
 
 
 def decode(data_url: str) -> Image.Image:
@@ -123,7 +130,7 @@ def test_missing_pictures_and_numbers_are_refused_by_name(change, words):
 
 
 def test_values_the_recipe_refuses_name_the_field():
-    from brushwork.serve.ui import describe
+    from brushwork.serve.ui_studio import describe
 
     with pytest.raises(ValidationError) as caught:
         recipe_from_form(TXT2IMG_FORM | {"width": 60})
@@ -132,6 +139,20 @@ def test_values_the_recipe_refuses_name_the_field():
         stroke = Image.new("RGBA", (8, 8), (255, 255, 255, 255))
         recipe_from_form(IMG2IMG_FORM | {"mode": "inpaint", "outpaint_left": 8,
                                          "inpaint": {"background": Image.new("RGB", (8, 8)), "layers": [stroke]}})
+
+
+def test_styles_picked_are_merged_into_the_prompts():
+    form = TXT2IMG_FORM | {"styles": ["Film", "Oil"], "hires_enable": True, "hires_prompt": "sharp"}
+    recipe = recipe_from_form(form, styles=STYLES)
+    assert recipe.prompt == "cinematic still of a red fox, 35mm, oil painting, canvas"
+    assert recipe.negative_prompt == "blurry, cartoon"
+    assert recipe.hires.prompt == "cinematic still of sharp, 35mm, oil painting, canvas"  # as A1111 does
+    assert recipe.hires.negative_prompt is None  # unset: the styled first-pass negative
+    oil_first = recipe_from_form(TXT2IMG_FORM | {"styles": ["Oil", "Film"]}, styles=STYLES)
+    assert oil_first.prompt == "cinematic still of a red fox, oil painting, canvas, 35mm"  # in the order picked
+    assert recipe_from_form(TXT2IMG_FORM, styles=STYLES).prompt == "a red fox"
+    with pytest.raises(BrushworkError, match="unknown style 'Gone'; the styles are: 'Film', 'Oil'"):
+        recipe_from_form(TXT2IMG_FORM | {"styles": ["Gone"]}, styles=STYLES)
 
 
 # -- Recipe -> form, seeds, owners ----------------------------------------------------------------------
@@ -156,6 +177,7 @@ def test_send_to_fills_the_form_from_an_infotext():
     assert form["hires_enable"] and form["hires_upscaler"] == "Latent (bicubic)"
     assert (form["hires_scale"], form["hires_steps"], form["hires_denoising"]) == (2.0, 10, 0.4)
     assert "vae" not in form  # none named: the form keeps its choice
+    assert form["styles"] == []  # the infotext's prompt already holds its styles' text
     # Filled into the txt2img form and read back, it is the same recipe.
     again = recipe_from_form(TXT2IMG_FORM | {k: v for k, v in form.items() if k in TXT2IMG_FORM})
     assert again.model_dump(exclude={"batch_count", "model"}) == recipe.model_dump(exclude={"batch_count", "model"})
@@ -248,6 +270,8 @@ def app(tmp_path_factory):
     root = tmp_path_factory.mktemp("ui")
     (root / "models" / "Stable-diffusion").mkdir(parents=True)
     write_tiny_checkpoint("sd1", root / "models" / "Stable-diffusion" / "tiny.safetensors")
+    (root / "data").mkdir()
+    (root / "data" / "styles.csv").write_text(STYLES_CSV, encoding="utf-8-sig")
     settings = Settings(models_dir=root / "models", data_dir=root / "data", limits=LIMITS,
                         basic_auth={"alice": "secret"})
     return create_app(settings, store=ModelStore(root / "models", hash_cache=root / "hashes.json"), ui=mount)
@@ -261,7 +285,7 @@ def client(app) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def studio(app, client):
-    from brushwork.serve.ui import Studio
+    from brushwork.serve.ui_studio import Studio
 
     state = app.state
     return Studio(jobs=state.jobs, store=state.store, settings=state.settings, upscalers=state.upscalers)
@@ -282,7 +306,9 @@ def test_mount_serves_the_page_at_root_behind_auth_and_keeps_the_apis(client):
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "<title>brushwork</title>" in page.text or "brushwork" in page.text
     assert "fonts.googleapis" not in page.text
-    assert client.get("/api/v1/models", auth=auth).json()["checkpoints"] == ["tiny.safetensors"]
+    # The user's own checkpoints first, then the embedded model.
+    assert client.get("/api/v1/models", auth=auth).json()["checkpoints"] == ["tiny.safetensors",
+                                                                             "brushwork-shapes.safetensors"]
     assert "Euler a" in [sampler["name"] for sampler in client.get("/sdapi/v1/samplers", auth=auth).json()]
     assert client.get("/openapi.json", auth=auth).status_code == 200
     assert client.get("/api/v1/jobs/nope", auth=auth).status_code == 404  # the API's own 404, not the UI's page
@@ -344,3 +370,56 @@ def test_extras_upscale_keeps_and_extends_the_infotext(studio):
         upscale_picture(studio, Image.new("RGB", (40, 30)), "Lanczos", "Scale by", 8, None, None)  # 320x240
     with pytest.raises(BrushworkError, match="512 pixels on a side"):
         upscale_picture(studio, Image.new("RGB", (600, 8)), "Lanczos", "Scale by", 1, None, None)
+
+
+# -- the style picker --------------------------------------------------------------------------------------
+
+def test_style_picker_offers_the_data_dirs_styles(studio, tmp_path):
+    from dataclasses import replace
+
+    from brushwork.serve.ui import build_ui
+    from brushwork.serve.ui_generate import style_choices
+    from brushwork.serve.ui_studio import Studio
+
+    assert studio.style_names() == ["Film", "Oil"]  # the empty "None" row (A1111's "no style") is left out
+    assert style_choices(studio) == (["Film", "Oil"], None)
+    blocks = build_ui(studio)
+    pickers = {block.elem_id: block for block in blocks.blocks.values()
+               if getattr(block, "elem_id", None) in ("txt2img-styles", "img2img-styles")}
+    assert set(pickers) == {"txt2img-styles", "img2img-styles"}
+    for picker in pickers.values():
+        assert picker.multiselect and picker.value == [] and [value for _, value in picker.choices] == ["Film", "Oil"]
+
+    elsewhere = Studio(jobs=studio.jobs, store=studio.store, settings=replace(studio.settings, data_dir=tmp_path),
+                       upscalers=studio.upscalers)
+    names, note = style_choices(elsewhere)
+    assert names == [] and "add a styles.csv" in note
+    (tmp_path / "styles.csv").write_text("name,prompt\nfilm,grain, 35mm\n")
+    names, note = style_choices(elsewhere)  # the page still builds; the picker says what is wrong
+    assert names == [] and f"{tmp_path / 'styles.csv'}, line 2: 3 fields" in note
+
+
+def _generate_handler(blocks, kind: str):
+    [handler] = [fn for fn in blocks.fns.values()
+                 if fn.name == "run" and any(getattr(c, "elem_id", None) == f"{kind}-styles" for c in fn.inputs)]
+    return handler
+
+
+def test_generate_merges_the_picked_styles_when_it_submits(studio):
+    from brushwork.serve.ui import build_ui
+    from brushwork.serve.ui_forms import TXT2IMG_FIELDS
+
+    generate = _generate_handler(build_ui(studio), "txt2img")
+    progress, _, infotext, job_id = generate.outputs[:4]
+    form = TXT2IMG_FORM | {"styles": ["Film", "Oil"], "steps": 2, "height": 64, "batch_count": 1}
+    updates = list(generate.fn(None, "styles-test", *(form[name] for name in TXT2IMG_FIELDS)))
+    job = studio.jobs.get(updates[0][job_id])
+    assert job.state is JobState.done and job.owner == "ui-styles-test"
+    assert job.recipe.prompt == "cinematic still of a red fox, 35mm, oil painting, canvas"
+    assert job.recipe.negative_prompt == "blurry, cartoon"
+    assert updates[-1][infotext].splitlines()[:2] == [  # the infotext shows the expanded prompts, as A1111's
+        "cinematic still of a red fox, 35mm, oil painting, canvas", "Negative prompt: blurry, cartoon"]
+
+    with pytest.warns(UserWarning, match="unknown style 'Gone'"):  # e.g. removed from the file since
+        [update] = list(generate.fn(None, "styles-test", *((form | {"styles": ["Gone"]})[name] for name in TXT2IMG_FIELDS)))
+    assert "unknown style &#x27;Gone&#x27;" in update[progress]

@@ -13,6 +13,7 @@ from brushwork.commands.common import add_model_options
 from brushwork.errors import BrushworkError
 from brushwork.output import next_output_path, read_png_info, save_png
 from brushwork.recipe import Recipe
+from brushwork.styles import NO_STYLE, STYLES_NAME, apply_styles_to_recipe, load_styles
 
 RECIPE_FLAGS = (
     "prompt", "negative_prompt", "model", "vae", "sampler", "steps", "cfg_scale", "seed",
@@ -41,6 +42,12 @@ def add_parser(subparsers) -> None:
     generate.add_argument("--batch-count", dest="batch_count", type=int, default=None, help="passes")
     generate.add_argument("--clip-skip", dest="clip_skip", type=int, default=None)
     generate.add_argument("--from-png", dest="from_png", type=Path, default=None, help="re-make the picture in this PNG")
+    generate.add_argument("--style", dest="styles", action="append", default=[], metavar="NAME",
+                          help="merge this A1111 style into the prompts (repeat for several, applied in order)")
+    generate.add_argument("--styles-file", dest="styles_file", type=Path, default=Path(STYLES_NAME), metavar="PATH",
+                          help=f"the styles for --style (A1111's {STYLES_NAME}: name,prompt,negative_prompt); "
+                               f"default: ./{STYLES_NAME}, in the current directory as A1111 keeps it in its own "
+                               "(the command line has no data folder; `brushwork serve` reads the one in --data-dir)")
     img2img = generate.add_argument_group("img2img and inpainting")
     img2img.add_argument("--init-image", dest="init_image", default=None, help="start from this picture (img2img)")
     img2img.add_argument("--strength", dest="denoising_strength", type=float, default=None, help="denoising strength, 0..1")
@@ -84,12 +91,20 @@ def recipe_from_args(args: argparse.Namespace) -> tuple[Recipe, int | None]:
     if hires:
         given["hires"] = hires
     if args.from_png is None:
-        if "prompt" not in given:
+        if "prompt" not in given and not args.styles:
             raise BrushworkError("give a prompt, e.g. brushwork generate \"a red circle on a blue background\"")
-        return Recipe(**given), None
-    base, index = recipe_from_png(args.from_png)
-    # Flags given next to --from-png override the stored recipe (e.g. where the model lives now).
-    return Recipe(**(base.model_dump() | given)), index
+        recipe, index = Recipe(**given), None
+    else:
+        base, index = recipe_from_png(args.from_png)
+        # Flags given next to --from-png override the stored recipe (e.g. where the model lives now).
+        recipe = Recipe(**(base.model_dump() | given))
+    if args.styles:  # the expanded prompts are what the recipe (and so the infotext) records, as in A1111
+        styles = load_styles(args.styles_file)
+        if not styles and set(args.styles) != {NO_STYLE} and not args.styles_file.is_file():
+            raise BrushworkError(f"--style: there is no styles file {args.styles_file}; "
+                                 "give its place with --styles-file")
+        recipe = apply_styles_to_recipe(recipe, args.styles, styles)
+    return recipe, index
 
 
 def _parse_sides(text: str) -> dict[str, int]:

@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from brushwork.cli import EXIT_INTERRUPTED
+from brushwork.errors import EXIT_INTERRUPTED, BrushworkError
 
 # Flags that override the preset, by TrainSettings field.
 OVERRIDES = ("seed", "vae_steps", "steps", "batch_size", "lr", "max_images", "sample_every", "checkpoint_every", "arch",
@@ -64,7 +64,6 @@ def add_parser(subparsers) -> None:
 def run_base(args: argparse.Namespace) -> int:
     import torch
 
-    from brushwork.errors import BrushworkError
     from brushwork.train.base import train_base
     from brushwork.train.loop import TrainingInterrupted
 

@@ -2,41 +2,25 @@
 
     app = create_app(settings, ui=mount)      # `brushwork serve` does this when this module exists
 
-Tabs: txt2img (with the hires fix), img2img (with the inpainting mask painter and outpainting), extras
-(upscale), PNG info, gallery and queue. Pictures are made only by submitting Recipes to the app's
-`JobService`; the UI never calls the Engine. Everything it serves is local: a built-in theme on system
-fonts, no analytics, no server-side rendering process.
+Tabs: txt2img (with the hires fix), img2img (with the inpainting mask painter and outpainting), both with
+a picker of the data dir's styles.csv; extras (upscale), PNG info, gallery and queue. Pictures are made only
+by submitting Recipes to the app's `JobService`; the UI never calls the Engine. Everything it serves is
+local: a built-in theme on system fonts, no analytics, no server-side rendering process.
+
+This module only assembles the page. The imports point one way:
+
+    ui  ->  ui_generate (txt2img, img2img), ui_tabs (the others)  ->  ui_studio (Studio, errors)  ->  ui_forms
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-import os
-import secrets
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
+import gradio as gr
 from fastapi import FastAPI, Request
-from pydantic import ValidationError
 
-from brushwork.engine.hires import LATENT_UPSCALERS
-from brushwork.errors import BrushworkError
-from brushwork.models.store import ModelStore
-from brushwork.recipe import Recipe, describe_validation_error
-from brushwork.serve.auth import ANONYMOUS
-from brushwork.serve.deps import Upscalers
-from brushwork.serve.jobs import Job, JobService
-from brushwork.serve.limits import admit
-from brushwork.serve.settings import Settings
-from brushwork.serve.ui_forms import owner_of
-
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: nothing leaves the machine
-
-import gradio as gr  # noqa: E402
-
-log = logging.getLogger(__name__)
+from brushwork.serve import ui_generate, ui_tabs
+from brushwork.serve.ui_studio import Studio, new_browser_id
 
 SYSTEM_FONTS = ["system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "Liberation Mono", "monospace"]
@@ -51,73 +35,8 @@ CSS = """
 """
 
 
-@dataclass
-class Studio:
-    """What the UI's handlers use: the app's services, as `create_app` put them on `app.state`."""
-
-    jobs: JobService
-    store: ModelStore
-    settings: Settings
-    upscalers: Upscalers
-
-    def checkpoints(self) -> list[str]:
-        return [entry.name for entry in self.store.entries("checkpoint")]
-
-    def vaes(self) -> list[str]:
-        return [entry.name for entry in self.store.entries("vae")]
-
-    def image_upscalers(self) -> list[str]:
-        return self.upscalers.names()
-
-    def hires_upscalers(self) -> list[str]:
-        return [*LATENT_UPSCALERS, *self.image_upscalers()]
-
-    def owner(self, request: gr.Request | None, browser_id: str | None) -> str:
-        return owner_of(getattr(request, "username", None), browser_id, ANONYMOUS)
-
-    def submit(self, recipe: Recipe, owner: str) -> Job:
-        """Queue a recipe after the checks every front end applies (limits, names, pictures)."""
-        names = self.image_upscalers()
-        return self.jobs.submit(admit(recipe, self.settings.limits, self.store, names), owner)
-
-    def own_job(self, job_id: str | None, owner: str) -> Job | None:
-        job = self.jobs.get(job_id) if job_id else None
-        return job if job is not None and job.owner == owner else None
-
-
-def describe(error: Exception) -> str:
-    """The one-line message a user sees for a refused recipe or a failed action."""
-    text = describe_validation_error(error) if isinstance(error, ValidationError) else str(error)
-    return " ".join(text.split()) or type(error).__name__
-
-
-def readable_errors(handler: Callable[..., Any]) -> Callable[..., Any]:
-    """Domain errors become a readable gr.Error (a toast); anything else an "internal error" one, logged."""
-
-    @functools.wraps(handler)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return handler(*args, **kwargs)
-        except gr.Error:
-            raise
-        except (BrushworkError, ValidationError) as error:
-            raise gr.Error(describe(error), print_exception=False) from None
-        except Exception as error:
-            log.exception("web UI action %s failed", handler.__name__)
-            raise gr.Error(f"internal error ({type(error).__name__}); see the server log", print_exception=False) from None
-
-    return wrapper
-
-
-def new_browser_id(current: str | None) -> str:
-    """A random id kept in the browser's storage: the owner of its jobs when nobody signs in."""
-    return current or secrets.token_hex(8)
-
-
 def build_ui(studio: Studio) -> gr.Blocks:
     """The whole page: one function per tab, wired together here."""
-    from brushwork.serve import ui_generate, ui_tabs
-
     with gr.Blocks(title="brushwork", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as blocks:
         browser = gr.BrowserState("", storage_key="brushwork-browser-id")
         blocks.load(new_browser_id, inputs=browser, outputs=browser, show_progress="hidden", queue=False)

@@ -10,13 +10,14 @@ import base64
 import html
 import io
 from pathlib import PurePosixPath
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from PIL import Image, ImageChops
 
 from brushwork.errors import BrushworkError
 from brushwork.recipe import Recipe
 from brushwork.serve.jobs import Job, JobState
+from brushwork.styles import PromptStyle, apply_styles_to_recipe
 
 AUTOMATIC = "Automatic"  # the VAE dropdown's "the checkpoint's own VAE"
 SAME_SAMPLER = "Same as first pass"  # the hires sampler dropdown's "none"
@@ -25,7 +26,7 @@ MASK_MODES = ("Inpaint masked", "Inpaint not masked")
 MODES = ("img2img", "inpaint")
 
 COMMON_FIELDS = (
-    "prompt", "negative_prompt", "model", "vae", "sampler", "steps", "cfg_scale", "seed",
+    "prompt", "negative_prompt", "styles", "model", "vae", "sampler", "steps", "cfg_scale", "seed",
     "width", "height", "batch_size", "batch_count", "clip_skip",
 )
 HIRES_FIELDS = (
@@ -42,11 +43,14 @@ IMG2IMG_FIELDS = COMMON_FIELDS + IMAGE_FIELDS
 
 # -- form -> Recipe --------------------------------------------------------------------------------------
 
-def recipe_from_form(form: dict[str, Any]) -> Recipe:
+def recipe_from_form(form: dict[str, Any], *, styles: Mapping[str, PromptStyle] | None = None) -> Recipe:
     """The Recipe a txt2img or img2img form describes (pictures inlined as PNG data URLs).
 
-    Raises BrushworkError for a missing picture or number, pydantic's ValidationError for values the
-    Recipe refuses; nothing is silently fixed.
+    The styles picked (`form["styles"]`, names in `styles`) are merged into the prompts, as A1111 does
+    when it makes a picture: the recipe, and so the infotext, holds the expanded prompts.
+
+    Raises BrushworkError for a missing picture or number or an unknown style, pydantic's ValidationError
+    for values the Recipe refuses; nothing is silently fixed.
     """
     fields: dict[str, Any] = {
         "prompt": form.get("prompt") or "",
@@ -67,7 +71,7 @@ def recipe_from_form(form: dict[str, Any]) -> Recipe:
         fields["hires"] = _hires(form)
     if form.get("mode") in MODES:
         fields.update(_image_fields(form))
-    return Recipe(**fields)
+    return apply_styles_to_recipe(Recipe(**fields), form.get("styles") or [], styles or {})
 
 
 def _hires(form: dict[str, Any]) -> dict[str, Any]:
@@ -169,6 +173,7 @@ def form_from_recipe(recipe: Recipe, *, checkpoints: Iterable[str] = (), vaes: I
         "inpainting_fill": recipe.inpainting_fill, "inpaint_area": INPAINT_AREAS[recipe.inpaint_full_res],
         "inpaint_padding": recipe.inpaint_full_res_padding, "mask_mode": MASK_MODES[recipe.inpainting_mask_invert],
         "hires_enable": recipe.hires is not None,
+        "styles": [],  # a recipe's prompts already hold its styles' text
     }
     for field, choices in (("model", checkpoints), ("vae", vaes)):
         name = getattr(recipe, field)

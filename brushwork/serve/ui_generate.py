@@ -22,23 +22,24 @@ from brushwork.errors import BrushworkError
 from brushwork.infotext import parse_infotext
 from brushwork.recipe import MaskedContent, ResizeMode
 from brushwork.serve.jobs import Job, JobService, JobState
-from brushwork.serve.ui import Studio, describe
 from brushwork.serve.ui_forms import (
     AUTOMATIC, IMG2IMG_FIELDS, INPAINT_AREAS, MASK_MODES, SAME_SAMPLER, TXT2IMG_FIELDS, error_html,
     form_from_recipe, progress_html, random_seed, recipe_from_form, reuse_seed,
 )
+from brushwork.serve.ui_studio import Studio, describe
+from brushwork.styles import STYLES_NAME
 
 log = logging.getLogger(__name__)
 
 UPDATE_INTERVAL = 0.3  # least seconds between two progress updates sent to the browser
 POLL_SECONDS = 1.0  # re-read the job at least this often, even when no event arrives
-SEND_FIELDS = {  # what "send to" fills from an infotext (batch and pictures stay as they are)
-    "txt2img": ("prompt", "negative_prompt", "model", "vae", "sampler", "steps", "cfg_scale", "seed", "width",
-                "height", "clip_skip", "hires_enable", "hires_upscaler", "hires_scale", "hires_resize_width",
+SEND_FIELDS = {  # what "send to" fills from an infotext (batch and pictures stay as they are; styles are cleared)
+    "txt2img": ("prompt", "negative_prompt", "styles", "model", "vae", "sampler", "steps", "cfg_scale", "seed",
+                "width", "height", "clip_skip", "hires_enable", "hires_upscaler", "hires_scale", "hires_resize_width",
                 "hires_resize_height", "hires_steps", "hires_denoising", "hires_prompt", "hires_negative",
                 "hires_sampler"),
-    "img2img": ("prompt", "negative_prompt", "model", "vae", "sampler", "steps", "cfg_scale", "seed", "width",
-                "height", "clip_skip", "denoising_strength", "mask_blur", "inpainting_fill", "inpaint_area",
+    "img2img": ("prompt", "negative_prompt", "styles", "model", "vae", "sampler", "steps", "cfg_scale", "seed",
+                "width", "height", "clip_skip", "denoising_strength", "mask_blur", "inpainting_fill", "inpaint_area",
                 "inpaint_padding", "mask_mode"),
 }
 
@@ -103,6 +104,7 @@ def generation_tab(studio: Studio, browser: gr.BrowserState, kind: str) -> Gener
             with gr.Row():
                 interrupt = gr.Button("Interrupt", size="sm", elem_id=f"{kind}-interrupt")
                 skip = gr.Button("Skip", size="sm", elem_id=f"{kind}-skip")
+            _style_picker(studio, c, kind)
     with gr.Row():
         with gr.Column(scale=1):
             if kind == "img2img":
@@ -125,8 +127,10 @@ def generation_tab(studio: Studio, browser: gr.BrowserState, kind: str) -> Gener
 
     def run(request: gr.Request, browser_id: str, *values: Any) -> Iterator[dict]:
         owner = studio.owner(request, browser_id)
+        form = dict(zip(fields, values))
         try:
-            job = studio.submit(recipe_from_form(dict(zip(fields, values))), owner)
+            styles = studio.styles() if form.get("styles") else {}  # read now: edits to the file apply
+            job = studio.submit(recipe_from_form(form, styles=styles), owner)
         except (BrushworkError, ValidationError) as error:
             gr.Warning(describe(error))
             yield {progress: error_html(describe(error))}
@@ -203,6 +207,33 @@ def _picture_sources(c: dict[str, Any]) -> None:
             )
     picture_tab.select(lambda: "img2img", outputs=c["mode"], show_progress="hidden", queue=False)
     inpaint_tab.select(lambda: "inpaint", outputs=c["mode"], show_progress="hidden", queue=False)
+
+
+def _style_picker(studio: Studio, c: dict[str, Any], kind: str) -> None:
+    """A1111's styles: any of the data dir's styles.csv, merged into the prompts when Generate submits the job."""
+    names, note = style_choices(studio)
+    with gr.Row():
+        c["styles"] = gr.Dropdown(names, value=[], multiselect=True, label="Styles", info=note, scale=4,
+                                  elem_id=f"{kind}-styles")
+        refresh = gr.Button("↻", elem_classes="bw-tool", scale=0, elem_id=f"{kind}-styles-refresh")
+
+    def reload(chosen: list[str] | None) -> Any:
+        names, note = style_choices(studio)
+        return gr.Dropdown(choices=names, value=[name for name in chosen or [] if name in names], info=note)
+
+    refresh.click(reload, inputs=c["styles"], outputs=c["styles"], show_progress="hidden")
+
+
+def style_choices(studio: Studio) -> tuple[list[str], str | None]:
+    """(the style names to offer, a note for the picker: why there are none, or what is wrong with the file)."""
+    try:
+        names = studio.style_names()
+    except BrushworkError as error:
+        log.warning("web UI: %s", error)
+        return [], describe(error)
+    if not names:
+        return [], f"no styles yet: add a {STYLES_NAME} (name,prompt,negative_prompt) to the server's data folder"
+    return names, None
 
 
 def _model_controls(studio: Studio, c: dict[str, Any]) -> None:

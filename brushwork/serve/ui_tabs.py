@@ -15,8 +15,8 @@ from brushwork.output import PARAMETERS_KEY, read_png_info
 from brushwork.infotext import split_infotext
 from brushwork.serve.jobs import JobState
 from brushwork.serve.limits import OverLimit
-from brushwork.serve.ui import Studio, readable_errors
 from brushwork.serve.ui_forms import job_label, queue_html
+from brushwork.serve.ui_studio import Studio, readable_errors
 from brushwork.upscale import add_postprocess_info, plan_size, postprocess_fields
 
 GALLERY_PAGE = 24  # pictures per gallery page
