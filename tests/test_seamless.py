@@ -70,3 +70,13 @@ def test_tiling_travels_through_the_infotext():
     assert recipe.tiling is True
     recipe, _ = parse_infotext("a wall\nSteps: 4, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64")
     assert recipe.tiling is False
+
+
+def test_the_cli_flag(tmp_path):
+    from PIL import Image
+
+    from brushwork.cli import main
+
+    assert main(["generate", "a wall", "--tiling", "--steps", "2", "-W", "64", "-H", "64", "--seed", "1",
+                 "--output-dir", str(tmp_path), "--no-progress"]) == 0
+    assert "Tiling: True" in Image.open(next(tmp_path.glob("*.png"))).info["parameters"]

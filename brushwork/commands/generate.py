@@ -17,7 +17,7 @@ from brushwork.styles import NO_STYLE, STYLES_NAME, apply_styles_to_recipe, load
 
 RECIPE_FLAGS = (
     "prompt", "negative_prompt", "model", "vae", "sampler", "steps", "cfg_scale", "seed",
-    "width", "height", "batch_size", "batch_count", "clip_skip", "init_image", "denoising_strength", "resize_mode",
+    "width", "height", "batch_size", "batch_count", "clip_skip", "tiling", "init_image", "denoising_strength", "resize_mode",
     "mask", "mask_blur", "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
 )
 HIRES_FLAGS = {
@@ -41,6 +41,8 @@ def add_parser(subparsers) -> None:
     generate.add_argument("--batch-size", dest="batch_size", type=int, default=None, help="images per pass")
     generate.add_argument("--batch-count", dest="batch_count", type=int, default=None, help="passes")
     generate.add_argument("--clip-skip", dest="clip_skip", type=int, default=None)
+    generate.add_argument("--tiling", action="store_const", const=True, default=None,
+                          help="a seamless texture: the picture wraps around at its edges (A1111's Tiling)")
     generate.add_argument("--from-png", dest="from_png", type=Path, default=None, help="re-make the picture in this PNG")
     generate.add_argument("--style", dest="styles", action="append", default=[], metavar="NAME",
                           help="merge this A1111 style into the prompts (repeat for several, applied in order)")
