@@ -37,6 +37,7 @@ from brushwork.styles import STYLES_NAME, load_styles
 
 router = APIRouter(tags=["sdapi (AUTOMATIC1111)"])
 
+# A1111 1.10's flags (modules/cmd_args.py and the built-in Lora extension's) at their defaults; paths relative.
 CMD_FLAGS = json.loads((Path(__file__).with_name("a1111_cmd_flags.json")).read_text())
 SD_UPSCALE = "sd upscale"  # A1111 names scripts by their lower-cased title
 SCALE_PREFIX = re.compile(r"^(\d)x", re.IGNORECASE)
@@ -48,6 +49,7 @@ def cmd_flags(settings: ServerSettings) -> dict[str, Any]:
     models = settings.models_dir
     return CMD_FLAGS | {
         "listen": settings.host != "127.0.0.1", "port": settings.port, "api": True, "nowebui": False,
+        "styles_file": str(settings.data_dir / STYLES_NAME),
         "api_auth": ",".join(settings.basic_auth) or None, "api_server_stop": settings.allow_server_stop,
         "disable_safe_unpickle": settings.allow_pickle, "data_dir": str(settings.data_dir),
         "ckpt_dir": str(models / "Stable-diffusion") if models else None,
