@@ -106,3 +106,14 @@ def test_a_lora_tag_answers_a_warning(client):
     response = client.post("/sdapi/v1/txt2img", json={"prompt": "x <lora:ink-style:0.5>", "steps": 2, "width": 32, "height": 32})
     assert response.status_code == 200, response.text
     assert "<lora:ink-style:0.5> was removed from the prompt" in response.json()["info"]
+
+
+def test_options_have_every_a1111_key_and_keep_what_is_set(client):  # A1111's test_options_write
+    options = client.get("/sdapi/v1/options").json()
+    assert len(options) > 300
+    for key, default in (("send_seed", True), ("samples_format", "png"), ("outdir_txt2img_samples", "outputs/txt2img-images"),
+                         ("CLIP_stop_at_last_layers", 1), ("eta_noise_seed_delta", 0), ("jpeg_quality", 80)):
+        assert options[key] == default, key
+    assert client.post("/sdapi/v1/options", json={"send_seed": False}).status_code == 200
+    assert client.get("/sdapi/v1/options").json()["send_seed"] is False
+    client.post("/sdapi/v1/options", json={"send_seed": True})

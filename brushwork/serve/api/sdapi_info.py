@@ -7,6 +7,7 @@ Options are server-wide, as in A1111: `sd_model_checkpoint` set here is the mode
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,6 +34,9 @@ from brushwork.serve.deps import ImageUpscalers, Options, Store
 router = APIRouter(tags=["sdapi (AUTOMATIC1111)"])
 
 KNOWN_OPTIONS = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "samples_format")
+# A1111 1.10's options at their defaults on a fresh install, in its order (modules/shared_options.py and the
+# built-in extensions'); GET /options shows each, POST stores any of them.
+A1111_OPTIONS: dict[str, Any] = json.loads(Path(__file__).with_name("a1111_options.json").read_text())
 
 
 @router.get("/sd-models", response_model=list[SDModelItem])
@@ -92,12 +96,12 @@ def scripts() -> ScriptsList:
 
 @router.get("/options")
 def get_options(store: Store, options: Options) -> dict[str, Any]:
-    """The options brushwork honours (plus any others set, shown back unchanged)."""
+    """Every option A1111 1.10 has, at its default unless set; the ones brushwork honours reflect its state."""
     with options.lock:
         checkpoint, vae, clip_skip, other = options.checkpoint, options.vae, options.clip_skip, dict(options.other)
     checkpoint = checkpoint or default_checkpoint_name(store)
     entry = next((e for e in store.entries("checkpoint") if e.name == checkpoint), None)
-    return other | {
+    return A1111_OPTIONS | other | {
         "sd_model_checkpoint": model_item(store, entry).title if entry else checkpoint,
         "sd_checkpoint_hash": store.hashes.sha256(entry.path) if entry else None,
         "sd_vae": vae or "Automatic",
