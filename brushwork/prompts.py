@@ -3,7 +3,7 @@
 The engine runs the stages in order: `extract_loras` first (A1111 applies a LoRA for the whole run even when its
 tag sits inside a `[from:to:when]` edit), then `get_schedule` turns editing and alternation into one plain prompt
 per span of steps, then `build_chunks` applies `parse_attention` to each and packs the weighted tokens into
-CLIP-sized chunks; `pad_chunk_counts` evens out positive and negative so CFG can batch them.
+CLIP-sized chunks.
 Pure Python, so all of it can be tested without a model.
 """
 
@@ -257,29 +257,30 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
 
     `(a)` multiplies by 1.1, `[a]` divides by 1.1, `(a:1.3)` multiplies by 1.3, nesting multiplies. Brackets left
     open apply to the rest of the text; unmatched closers and stray colons are text. `BREAK` as a word gives the
-    marker `("BREAK", -1.0)`. Adjacent fragments of equal weight are merged.
+    entry `("BREAK", -1.0)`, which brackets around it scale like any other: `(a BREAK b:1.2)` gives
+    `("BREAK", -1.2)`. Adjacent entries of equal weight are merged. All of this is A1111's `parse_prompt_attention`.
     """
     return [(fragment, weight) for fragment, weight, _ in _attention_fragments(text)]
 
 
 def _attention_fragments(text: str) -> list[tuple[str, float, bool]]:
-    # `parse_attention` plus a flag telling BREAK markers from text that happens to read "BREAK".
-    # Entries are [text, weight, is_break]; a closing bracket scales everything since its opener in place, in
-    # A1111's order, so the floats come out bit-identical. Deliberate difference: BREAK markers are never scaled.
-    # In A1111 a BREAK inside brackets stops being a marker and is encoded as the word "break" with weight -1.1.
+    # `parse_attention` plus a flag telling BREAK markers from text. As in A1111 (sd_hijack_clip), only an entry
+    # reading "BREAK" with weight exactly -1 ends a chunk: inside brackets the marker is scaled with the rest
+    # ((a BREAK b) gives -1.1), so it stops being one and is encoded as the word "break" with that (negative)
+    # weight. Entries are [text, weight]; a closing bracket scales everything since its opener in place, in
+    # A1111's order, so the floats come out bit-identical.
     fragments: list[list] = []
     open_round: list[int] = []
     open_square: list[int] = []
 
     def scale_from(start: int, factor: float) -> None:
         for fragment in fragments[start:]:
-            if not fragment[2]:
-                fragment[1] *= factor
+            fragment[1] *= factor
 
     for match in _ATTENTION_TOKEN.finditer(text):
         bracket, weight = match["bracket"], match["weight"]
         if match["escaped"] is not None:
-            fragments.append([match["escaped"], 1.0, False])
+            fragments.append([match["escaped"], 1.0])
         elif bracket in ("(", "["):
             (open_round if bracket == "(" else open_square).append(len(fragments))
         elif weight is not None and open_round:
@@ -295,21 +296,22 @@ def _attention_fragments(text: str) -> list[tuple[str, float, bool]]:
         else:  # text, including unmatched closers and colons
             for i, part in enumerate(_BREAK.split(match[0])):
                 if i:
-                    fragments.append(["BREAK", -1.0, True])
-                fragments.append([part, 1.0, False])
+                    fragments.append(["BREAK", -1.0])
+                fragments.append([part, 1.0])
 
     for start in open_round:  # unclosed brackets reach to the end, round ones first as in A1111
         scale_from(start, ROUND_BRACKET_MULTIPLIER)
     for start in open_square:
         scale_from(start, SQUARE_BRACKET_MULTIPLIER)
 
+    # Runs of equal weight merge whatever their text, a marker included (A1111 does the same).
     merged: list[list] = []
     for fragment in fragments:
-        if merged and not merged[-1][2] and not fragment[2] and merged[-1][1] == fragment[1]:
+        if merged and merged[-1][1] == fragment[1]:
             merged[-1][0] += fragment[0]
         else:
             merged.append(fragment)
-    return [(part, weight, is_break) for part, weight, is_break in merged] or [("", 1.0, False)]
+    return [(part, weight, part == "BREAK" and weight == -1.0) for part, weight in merged] or [("", 1.0, False)]
 
 
 # ---- Long prompts --------------------------------------------------------------------------------
@@ -336,9 +338,10 @@ def build_chunks(
 ) -> list[PromptChunk]:
     """Split a prompt of any length into weighted chunks of `chunk_length` tokens, as A1111 does.
 
-    `tokenize` maps strings to token ids without BOS/EOS. `BREAK` ends the current chunk. When a chunk is full
-    and one of its last `comma_backtrack` tokens is a comma, the tokens after that comma move to the next chunk
-    so a phrase is not cut in two (0 disables this). An empty prompt gives one chunk.
+    `tokenize` maps strings to token ids without BOS/EOS. A top-level `BREAK` ends the current chunk (one inside
+    brackets is a word with the brackets' weight, negated, as in A1111). When a chunk is full and one of its
+    last `comma_backtrack` tokens is a comma, the tokens after that comma move to the next chunk so a phrase is
+    not cut in two (0 disables this). An empty prompt gives one chunk.
 
     A chunk is `[bos] + tokens + [eos] + [pad] * (chunk_length - len(tokens))`: exactly the tokenizer's
     `padding="max_length"` output, which is what diffusers feeds CLIP. A1111 pads with EOS before the final EOS
@@ -370,7 +373,8 @@ def build_chunks(
             finish_chunk()
             continue
         for token in next(next_tokens):
-            if len(tokens) == chunk_length:
+            full = len(tokens) == chunk_length
+            if full:
                 # A comma arriving on a full chunk is itself a clean cut; otherwise cut after a recent comma.
                 cut = chunk_length
                 if token != comma_id and last_comma >= 0 and chunk_length - last_comma <= comma_backtrack:
@@ -379,7 +383,8 @@ def build_chunks(
                 del tokens[cut:], weights[cut:]
                 finish_chunk()
                 tokens, weights = carried
-            if token == comma_id:
+            if token == comma_id and not full:
+                # As in A1111, the comma that opens a new chunk is not remembered as a place to cut.
                 last_comma = len(tokens)
             tokens.append(token)
             weights.append(weight)
@@ -387,19 +392,3 @@ def build_chunks(
     if tokens or not chunks:
         finish_chunk()
     return chunks
-
-
-def pad_chunk_counts(
-    a: list[PromptChunk], b: list[PromptChunk], empty: PromptChunk
-) -> tuple[list[PromptChunk], list[PromptChunk]]:
-    """Append copies of `empty` (the chunk of "") to the shorter list so both have as many chunks.
-
-    CFG batches positive and negative conditionings, which needs equal lengths; A1111 pads this way too.
-    The inputs are left as they are.
-    """
-    count = max(len(a), len(b))
-
-    def padded(chunks: list[PromptChunk]) -> list[PromptChunk]:
-        return chunks + [PromptChunk(list(empty.tokens), list(empty.weights)) for _ in range(count - len(chunks))]
-
-    return padded(a), padded(b)

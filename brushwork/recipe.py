@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from brushwork.sampler_names import SAMPLER_NAMES
+
 MAX_SEED = 2**32 - 1
 
 ResizeMode = Literal["just resize", "crop and resize", "resize and fill"]
@@ -18,10 +20,8 @@ MaskedContent = Literal["fill", "original", "latent noise", "latent nothing"]
 
 
 def _check_sampler(value: str | None) -> str | None:
-    from brushwork.engine.samplers import SAMPLERS
-
-    if value is not None and value not in SAMPLERS:
-        raise ValueError(f"unknown sampler {value!r}; choose one of: {', '.join(SAMPLERS)}")
+    if value is not None and value not in SAMPLER_NAMES:
+        raise ValueError(f"unknown sampler {value!r}; choose one of: {', '.join(SAMPLER_NAMES)}")
     return value
 
 

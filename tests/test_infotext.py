@@ -68,7 +68,9 @@ def test_format_quotes_values_that_would_break_the_line() -> None:
     assert params["Lora hashes"] == "detail: 7c6bad76eb54"
 
 
-@pytest.mark.parametrize("key", ["Steps", "Schedule type", "Version", "bad:key", "a,b", ""])
+@pytest.mark.parametrize(
+    "key", ["Steps", "Schedule type", "Version", "bad:key", "a,b", "", "x", "a.b", "c+d", "trailing "]
+)
 def test_format_rejects_extra_keys_that_cannot_round_trip(key: str) -> None:
     with pytest.raises(ValueError, match="extra infotext key"):
         make(extra={key: "x"})
@@ -187,3 +189,33 @@ def test_format_then_parse_gives_the_same_recipe(recipe: Recipe) -> None:
     assert parsed == recipe.model_copy(update={"seed": 1234, "width": 512, "height": 768})
     assert params["Model hash"] == "6ce0161689"
     assert params["Version"] == f"brushwork {__version__}"
+
+
+def test_prompt_lines_are_read_as_a1111_reads_them() -> None:
+    # Each line stripped, inner blank lines kept, "Negative prompt:" cut from every line that starts with it.
+    text = "  a fox,  \n\n  in snow\nNegative prompt: ugly\nNegative prompt: blurry\nSteps: 2, Sampler: Euler, Seed: 1"
+    recipe, params = parse_infotext(text)
+    assert (recipe.prompt, recipe.negative_prompt) == ("a fox,\n\nin snow", "ugly\nblurry")
+    assert params == {"Steps": "2", "Sampler": "Euler", "Seed": "1"}
+
+
+def test_old_hires_fix_first_pass_size_becomes_the_recipe_size() -> None:
+    text = ("a hill\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 768x768, Denoising strength: 0.6, "
+            "First pass size: 0x0")
+    recipe, _ = parse_infotext(text)
+    assert (recipe.width, recipe.height) == (512, 512)  # A1111's old automatic first pass for 768x768
+    assert recipe.hires is not None and (recipe.hires.resize_width, recipe.hires.resize_height) == (768, 768)
+    assert recipe.hires.denoising_strength == 0.6 and recipe.denoising_strength == Recipe().denoising_strength
+
+
+def test_sampler_names_live_outside_the_engine() -> None:
+    import subprocess
+    import sys
+
+    from brushwork.engine.samplers import SAMPLERS
+    from brushwork.sampler_names import SAMPLER_NAMES
+
+    assert tuple(SAMPLERS) == SAMPLER_NAMES
+    probe = "import sys, brushwork.infotext; print(any(m.startswith('brushwork.engine') for m in sys.modules))"
+    answer = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert answer.stdout.strip() == "False"

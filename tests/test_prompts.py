@@ -14,7 +14,6 @@ from brushwork.prompts import (
     build_chunks,
     extract_loras,
     get_schedule,
-    pad_chunk_counts,
     parse_attention,
 )
 
@@ -168,8 +167,12 @@ def test_attention_break_and_empty():
     assert parse_attention("") == [("", 1.0)]
     assert parse_attention("a cat BREAK a dog") == [("a cat", 1.0), ("BREAK", -1.0), ("a dog", 1.0)]
     assert parse_attention("a BREAKFAST, break") == [("a BREAKFAST, break", 1.0)]
-    # Unlike A1111 (which turns it into the word "break" weighted -1.1), BREAK inside brackets still breaks.
-    assert parse_attention("(a BREAK b)") == [("a", 1.1), ("BREAK", -1.0), ("b", 1.1)]
+    # As in A1111, brackets scale a BREAK inside them like any text, so it is no longer the -1 marker.
+    assert parse_attention("(a BREAK b)") == [("a", 1.1), ("BREAK", -1.1), ("b", 1.1)]
+    assert parse_attention("(a BREAK b:1.2)") == [("a", 1.2), ("BREAK", -1.2), ("b", 1.2)]
+    assert parse_attention("[a BREAK b]") == [("a", 1 / 1.1), ("BREAK", -1 / 1.1), ("b", 1 / 1.1)]
+    # Runs of equal weight merge, a marker included (0.0 == -0.0), as in A1111.
+    assert parse_attention("(a BREAK b:0)") == [("aBREAKb", 0.0)]
 
 
 def test_attention_rejects_malformed_weight():
@@ -229,6 +232,28 @@ def test_comma_backtrack_moves_the_tail_with_its_weights():
     assert second.weights[1:5] == [1.5, 1.0, 1.0, 1.0]
 
 
+def test_break_inside_brackets_is_a_weighted_word_not_a_chunk_break():
+    # A1111 (sd_hijack_clip) ends a chunk only on ("BREAK", -1): "(w1 BREAK w2:1.2)" stays one chunk and the
+    # text "BREAK" is tokenized with weight -1.2.
+    calls = []
+
+    def recording(texts):
+        calls.append(texts)
+        return [[99] if t == "BREAK" else ids for t, ids in zip(texts, fake_tokenize(texts))]
+
+    [chunk] = chunks_of("(w1 BREAK w2:1.2)", tokenize=recording)
+    assert calls == [["w1", "BREAK", "w2"]]
+    assert content(chunk) == [101, 99, 102] and chunk.weights[1:4] == [1.2, -1.2, 1.2]
+    assert [content(c) for c in chunks_of("(w1) BREAK (w2)", tokenize=recording)] == [[101], [102]]
+
+
+def test_comma_opening_a_chunk_is_not_a_cut_point():
+    # A1111 forgets a comma that arrives on a full chunk (it starts the next chunk but is not remembered), which
+    # shows when the backtrack window covers the whole chunk.
+    chunks = chunks_of("w1 w2 , w3 w4 w5 w6", chunk_length=2, comma_backtrack=2)
+    assert [content(c) for c in chunks] == [[101, 102], [COMMA, 103], [104, 105], [106]]
+
+
 def test_comma_backtrack_limits():
     too_far = [content(c) for c in chunks_of("w1 , w2 w3 w4 w5 w6")]
     assert too_far == [[101, COMMA, 102, 103, 104, 105], [106]]  # comma 5 tokens back, window is 3
@@ -249,16 +274,6 @@ def test_tokenizer_gets_every_fragment_in_one_call():
     assert calls == [["w1 ", "w2", "w3"]]
     chunks_of("", tokenize=recording)
     assert len(calls) == 1  # nothing to tokenize, no call
-
-
-def test_pad_chunk_counts_appends_copies_of_the_empty_chunk():
-    empty = chunks_of("")[0]
-    one, three = chunks_of("w1"), chunks_of("w1 BREAK w2 BREAK w3")
-    padded_one, padded_three = pad_chunk_counts(one, three, empty)
-    assert len(padded_one) == len(padded_three) == 3
-    assert padded_three == three and padded_one[0] == one[0]
-    assert padded_one[1:] == [empty, empty] and padded_one[1] is not empty
-    assert len(one) == 1  # input untouched
 
 
 # ---- build_chunks with the real CLIP tokenizer -----------------------------------------------------
@@ -307,6 +322,12 @@ def test_long_prompt_and_break_give_more_chunks(tokenizer):
     before, after = clip_chunks(tokenizer, "a red cat BREAK a blue dog")
     assert after.tokens == tokenizer("a blue dog", padding="max_length", max_length=77)["input_ids"]
     assert before.tokens == tokenizer("a red cat", padding="max_length", max_length=77)["input_ids"]
+
+
+def test_break_in_brackets_with_clip(tokenizer):
+    [chunk] = clip_chunks(tokenizer, "(a BREAK b:1.2)")
+    assert chunk.tokens == tokenizer("a break b", padding="max_length", max_length=77)["input_ids"]
+    assert chunk.weights[:5] == [1.0, 1.2, -1.2, 1.2, 1.0]
 
 
 def test_comma_backtrack_with_clip(tokenizer):

@@ -61,18 +61,6 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "LCM": SamplerSpec(LCMScheduler),
 }
 
-# Newer A1111 infotexts name the sigma schedule apart ("Sampler: DPM++ 2M, Schedule type: Karras").
-SCHEDULE_SUFFIXES = {"Karras": " Karras", "Automatic": "", "Uniform": ""}
-
-
-def sampler_name_from_parts(sampler: str, schedule_type: str | None) -> str:
-    """Join A1111 1.9+'s separate sampler and schedule type back into one of our names."""
-    if schedule_type and not sampler.endswith(" Karras"):
-        candidate = sampler + SCHEDULE_SUFFIXES.get(schedule_type, "")
-        if candidate in SAMPLERS:
-            return candidate
-    return sampler
-
 
 def make_scheduler(name: str, base_config: dict[str, Any], seeds: Sequence[int]) -> SchedulerMixin:
     """A fresh scheduler for one batch: the model's noise schedule with the sampler's algorithm.

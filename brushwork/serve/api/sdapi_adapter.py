@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from brushwork import __version__
 from brushwork.engine.samplers import SAMPLERS
 from brushwork.errors import RecipeError
-from brushwork.infotext import split_infotext
+from brushwork.infotext import a1111_parameters, split_infotext
 from brushwork.models.store import ModelStore
 from brushwork.recipe import Recipe
 from brushwork.serve.api.sdapi_schemas import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
@@ -206,16 +206,8 @@ def info_json(job: Job) -> str:
 
 
 def png_info_parameters(infotext: str) -> dict[str, Any]:
-    """A1111's parsed infotext (parse_generation_parameters): Prompt, Negative prompt, each pair, Size-1/-2."""
-    prompt, negative, params = split_infotext(infotext)
-    parsed: dict[str, Any] = {"Prompt": prompt, "Negative prompt": negative}
-    for key, value in params.items():
-        width, x, height = value.partition("x")
-        if x and width.strip().isdigit() and height.strip().isdigit():
-            parsed[f"{key}-1"], parsed[f"{key}-2"] = width.strip(), height.strip()
-        else:
-            parsed[key] = value
-    return parsed
+    """A1111's parsed infotext (parse_generation_parameters), every key and default as a fresh A1111 gives it."""
+    return a1111_parameters(infotext)
 
 
 def checkpoint_name(store: ModelStore, name: str) -> str:
