@@ -148,6 +148,11 @@ def recipe_extras(recipe: Recipe) -> dict[str, str]:
         if recipe.outpaint is not None:
             sides = recipe.outpaint
             extra["Outpaint"] = f"left {sides.left} right {sides.right} top {sides.top} bottom {sides.bottom}"
+    if recipe.sd_upscale is not None:
+        # A1111 writes the first two; it leaves the scale out (its Size is the tile size), so brushwork adds it.
+        extra["SD upscale overlap"] = str(recipe.sd_upscale.overlap)
+        extra["SD upscale upscaler"] = recipe.sd_upscale.upscaler
+        extra["SD upscale scale"] = format_number(recipe.sd_upscale.scale)
     hires = recipe.hires
     if hires is not None:
         extra["Denoising strength"] = format_number(hires.denoising_strength)
@@ -207,6 +212,17 @@ def _extras_to_fields(params: dict[str, str]) -> dict[str, object]:
         padding = _number(params, "Masked area padding", int)
         if padding is not None:
             fields["inpaint_full_res_padding"] = padding
+    if "SD upscale overlap" in params or "SD upscale upscaler" in params:
+        sd_upscale: dict[str, object] = {"upscaler": params.get("SD upscale upscaler") or "None"}
+        overlap = _number(params, "SD upscale overlap", float)  # A1111 writes what the client sent: 64 or 64.0
+        if overlap is not None:
+            if not overlap.is_integer():
+                raise RecipeError(f"infotext field 'SD upscale overlap' must be a whole number, got {overlap:g}")
+            sd_upscale["overlap"] = int(overlap)
+        scale = _number(params, "SD upscale scale", float)
+        if scale is not None:
+            sd_upscale["scale"] = scale
+        fields["sd_upscale"] = sd_upscale  # A1111's texts have no scale: its default, 2
     return fields
 
 

@@ -70,6 +70,18 @@ class Outpaint(BaseModel):
         return self
 
 
+class SdUpscale(BaseModel):
+    """A1111's "SD upscale" img2img script: upscale the init picture by `scale` with `upscaler`, repaint it in
+    tiles of the recipe's width x height overlapping by `overlap` pixels, and blend the tiles back together."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    overlap: int = Field(64, ge=0, le=2048, description="Pixels neighbouring tiles share (A1111's 'Tile overlap').")
+    upscaler: str = Field("None", min_length=1, description="An image upscaler by name; 'None' keeps the init size.")
+    scale: float = Field(2.0, ge=1.0, le=8.0, description="Upscale factor (ignored by the 'None' upscaler, as in A1111).")
+    batch_size: int = Field(1, ge=1, le=64, description="Tiles denoised together in one pass (A1111's batch_size).")
+
+
 class Recipe(BaseModel):
     """What to paint and how. Field names follow A1111's API where one exists."""
 
@@ -102,6 +114,7 @@ class Recipe(BaseModel):
     inpaint_full_res_padding: int = Field(32, ge=0, le=1024)
     outpaint: Outpaint | None = None
     hires: Hires | None = None
+    sd_upscale: SdUpscale | None = Field(None, description="img2img only: A1111's SD upscale script (needs init_image).")
 
     _sizes = field_validator("width", "height")(classmethod(lambda cls, v: _check_multiple_of_8(v)))
     _sampler = field_validator("sampler")(classmethod(lambda cls, v: _check_sampler(v)))
@@ -116,7 +129,25 @@ class Recipe(BaseModel):
             raise ValueError("hires fix applies to txt2img; for img2img set the size you want directly")
         if self.mask is not None and self.outpaint is not None:
             raise ValueError("outpaint makes its own mask; give either mask or outpaint")
+        if self.sd_upscale is not None:
+            self._check_sd_upscale(self.sd_upscale)
         return self
+
+    def _check_sd_upscale(self, settings: SdUpscale) -> None:
+        # No init_image yet is allowed: an infotext's SD upscale settings wait for their picture (the
+        # Engine refuses to run them without one, before any model loads).
+        for field in ("mask", "outpaint"):
+            if getattr(self, field) is not None:
+                raise ValueError(f"sd_upscale repaints whole tiles of the upscaled picture; it takes no {field}")
+        if self.tiling:
+            raise ValueError("sd_upscale paints tiles of one larger picture; tiling (seamless) does not apply")
+        if self.batch_size != 1:
+            raise ValueError("batch_size: sd_upscale makes one picture per batch; set sd_upscale.batch_size "
+                             "for the tiles denoised together")
+        tile = min(side for side in (self.width, self.height) if side) if (self.width or self.height) else None
+        if tile is not None and settings.overlap >= tile:
+            raise ValueError(f"sd_upscale.overlap: {settings.overlap} must be smaller than the tile size "
+                             f"(width x height = {self.width}x{self.height})")
 
     @property
     def is_img2img(self) -> bool:

@@ -5,6 +5,7 @@
     3. prepare latents  seeded noise per image
     4. denoise          scheduler + guided denoiser, progress and cancellation between steps
     5. decode           VAE, one image at a time
+    (SD upscale: steps 3-5 run once per tile of the upscaled picture; see engine/sd_upscale.py)
 
 CLI, API, UI and batch paths all call `Engine.generate`/`Engine.run`.
 """
@@ -28,7 +29,10 @@ from brushwork.engine.denoise import StepInfo
 from brushwork.engine.hires import hires_pass
 from brushwork.engine.img2img import Source, prepare_source, working_size
 from brushwork.engine.passes import PassPlan, run_pass, steps_run
+from brushwork.engine.sd_upscale import is_no_upscaler, sd_upscale
 from brushwork.engine.seamless import circular_padding
+from brushwork.errors import BrushworkError, RecipeError
+from brushwork.images import load_image
 from brushwork.infotext import format_infotext, recipe_extras
 from brushwork.models.store import LoadedModel, ModelStore
 from brushwork.prompts import extract_loras
@@ -37,7 +41,11 @@ from brushwork.recipe import MAX_SEED, Recipe
 
 @dataclass
 class Progress:
-    """Reported after every model evaluation; `preview()` is computed only when asked for."""
+    """Reported after every model evaluation; `preview()` is computed only when asked for.
+
+    With SD upscale, `step` of `total` counts through all the tiles of the batch's picture (each tile's
+    steps in turn), and `tile` / `tiles` say which tile pass is running.
+    """
 
     batch: int  # 0-based index of the current batch
     batch_count: int
@@ -46,6 +54,8 @@ class Progress:
     started: float
     _latents: torch.Tensor
     _family: str
+    tile: int | None = None  # SD upscale: 0-based index of the first tile in this pass
+    tiles: int | None = None  # SD upscale: tiles in the picture
 
     @property
     def fraction(self) -> float:
@@ -94,20 +104,25 @@ class Engine:
             update={"seed": seed, "width": width, "height": height, "model": model.name, "vae": model.vae_name}
         )
 
-    def upscale_image(self, image: Image.Image, name: str, size: tuple[int, int]) -> Image.Image:
-        """An image upscaler by A1111 name (Lanczos, Nearest, or a network in the ESRGAN folder)."""
+    def upscale_image(self, image: Image.Image, name: str, size: float | tuple[int, int]) -> Image.Image:
+        """An image upscaler by A1111 name (Lanczos, Nearest, or a network in the ESRGAN folder), by a
+        factor or to a (width, height)."""
         from brushwork.upscale import upscale
 
         return upscale(image, name, size, self.store, cache=self._upscale_networks)
+
+    def _encode(self, components, pictures: list[Image.Image]) -> torch.Tensor:
+        pixels = latent_stage.pil_to_pixels(pictures, self.store.device, self.store.dtype)
+        return latent_stage.encode(components.vae, pixels)
 
     def _plan_img2img(self, plan: PassPlan, recipe: Recipe, source: Source, components) -> None:
         """Encode the source picture (and mask) into the first pass's starting point."""
         vae, device, dtype = components.vae, self.store.device, self.store.dtype
         plan.strength = recipe.denoising_strength
-        pixels = latent_stage.pil_to_pixels([source.image], device, dtype)
-        plan.init_latents = latent_stage.encode(vae, pixels)
+        plan.init_latents = self._encode(components, [source.image])
         if source.mask is None:
             return
+        pixels = latent_stage.pil_to_pixels([source.image], device, dtype)
         latent_size = tuple(plan.init_latents.shape[-2:])
         plan.latent_mask = latent_stage.mask_to_latent(source.mask, latent_size, device, dtype)
         plan.masked_content = recipe.inpainting_fill
@@ -136,6 +151,8 @@ class Engine:
         `only_batch` runs just that batch (re-making one picture of a larger recipe exactly).
         """
         result = result if result is not None else Result(recipe=recipe)
+        if recipe.sd_upscale is not None:
+            check_sd_upscale(recipe, self.store)
         started = time.perf_counter()
         model = self.store.load(recipe.model, vae=recipe.vae)
         recipe = self.resolve(recipe, model)
@@ -144,10 +161,11 @@ class Engine:
         components = model.components
         device, dtype = self.store.device, self.store.dtype
 
-        source = prepare_source(recipe, recipe.width, recipe.height) if recipe.is_img2img else None
+        upscaling = recipe.sd_upscale is not None  # SD upscale: the init picture is split into tiles, not resized
+        source = prepare_source(recipe, recipe.width, recipe.height) if recipe.is_img2img and not upscaling else None
         result.notes.extend(source.notes if source else [])
         encoder = PromptEncoder(components, recipe.clip_skip, device, dtype)
-        first_steps = steps_run(recipe.steps, recipe.denoising_strength) if source else recipe.steps
+        first_steps = steps_run(recipe.steps, recipe.denoising_strength) if recipe.is_img2img else recipe.steps
         positive, negative = encoder.encode_pair(recipe.prompt, recipe.negative_prompt, max(1, first_steps))
         images = recipe.batch_size
         plan = PassPlan(recipe.sampler, recipe.steps, *(source.image.size if source else (recipe.width, recipe.height)),
@@ -157,10 +175,10 @@ class Engine:
         result.timings["condition"] = time.perf_counter() - started - result.timings["load"]
         result.notes.extend(lora_notes(recipe))
 
+        init = load_image(recipe.init_image, what="init_image").convert("RGB") if upscaling else None
         batches = range(recipe.batch_count) if only_batch is None else [only_batch]
         for batch in batches:
             seeds = [recipe.seed + batch * recipe.batch_size + i for i in range(recipe.batch_size)]
-            generators = latent_stage.image_generators(seeds)
 
             def report(info: StepInfo, batch: int = batch) -> None:
                 if on_progress is not None:
@@ -168,21 +186,52 @@ class Engine:
                         Progress(batch, recipe.batch_count, info.step, info.total, started, info.latents, components.family)
                     )
 
-            step_started = time.perf_counter()
-            with torch.inference_mode(), circular_padding(components.unet, components.vae, enabled=recipe.tiling):
-                latents = run_pass(components, plan, generators, seeds, on_step=report, should_stop=should_stop)
-                if recipe.hires is not None:
-                    latents = hires_pass(components, encoder, recipe, latents, generators, seeds,
-                                         self.upscale_image, on_step=report, should_stop=should_stop)
-                result.timings["denoise"] = result.timings.get("denoise", 0.0) + time.perf_counter() - step_started
-                decode_started = time.perf_counter()
-                pictures = vae_stage.decode(components.vae, latents)
-                result.timings["decode"] = result.timings.get("decode", 0.0) + time.perf_counter() - decode_started
+            if upscaling:
+                pictures = [self._sd_upscale_picture(recipe, components, init, positive, negative, seeds[0], batch,
+                                                     started, on_progress, should_stop, result)]
+            else:
+                pictures = self._denoise(components, plan, recipe, encoder, seeds, report, should_stop, result)
             if source is not None:
                 pictures = [source.finish(picture) for picture in pictures]
             for offset, (picture, seed) in enumerate(zip(pictures, seeds)):
                 yield self._generated(recipe, model, picture, seed, batch * recipe.batch_size + offset)
         result.timings["total"] = time.perf_counter() - started
+
+    def _denoise(self, components, plan: PassPlan, recipe: Recipe, encoder: PromptEncoder | None, seeds: list[int],
+                 report: Callable[[StepInfo], None], should_stop, result: Result) -> list[Image.Image]:
+        """Steps 3-5 for one batch: the pass (and hires fix's second pass), then the VAE decode."""
+        generators = latent_stage.image_generators(seeds)
+        step_started = time.perf_counter()
+        with torch.inference_mode(), circular_padding(components.unet, components.vae, enabled=recipe.tiling):
+            latents = run_pass(components, plan, generators, seeds, on_step=report, should_stop=should_stop)
+            if recipe.hires is not None:
+                latents = hires_pass(components, encoder, recipe, latents, generators, seeds,
+                                     self.upscale_image, on_step=report, should_stop=should_stop)
+            result.timings["denoise"] = result.timings.get("denoise", 0.0) + time.perf_counter() - step_started
+            decode_started = time.perf_counter()
+            pictures = vae_stage.decode(components.vae, latents)
+            result.timings["decode"] = result.timings.get("decode", 0.0) + time.perf_counter() - decode_started
+        return pictures
+
+    def _sd_upscale_picture(self, recipe: Recipe, components, init: Image.Image, positive, negative, seed: int,
+                            batch: int, started: float, on_progress, should_stop, result: Result) -> Image.Image:
+        """One picture of an SD upscale recipe: each tile is an ordinary img2img batch through `_denoise`."""
+
+        def run_tiles(tiles: list[Image.Image], seeds: list[int], done: int, count: int) -> list[Image.Image]:
+            images = len(tiles)
+            plan = PassPlan(recipe.sampler, recipe.steps, recipe.width, recipe.height, [recipe.cfg_scale] * images,
+                            [positive] * images, [negative] * images, strength=recipe.denoising_strength,
+                            init_latents=self._encode(components, tiles))
+
+            def report(info: StepInfo) -> None:  # steps counted through all the picture's tiles
+                if on_progress is not None:
+                    on_progress(Progress(batch, recipe.batch_count, done * info.total + images * info.step,
+                                         count * info.total, started, info.latents, components.family,
+                                         tile=done, tiles=count))
+
+            return self._denoise(components, plan, recipe, None, seeds, report, should_stop, result)
+
+        return sd_upscale(init, recipe.sd_upscale, (recipe.width, recipe.height), seed, self.upscale_image, run_tiles)
 
     def generate_group(
         self,
@@ -258,6 +307,19 @@ class Engine:
         )
 
 
+def check_sd_upscale(recipe: Recipe, store: ModelStore) -> None:
+    """What an SD upscale recipe needs before any model loads: its picture, and an upscaler that exists."""
+    from brushwork.upscale import find_upscaler
+
+    if not recipe.is_img2img:
+        raise RecipeError("sd_upscale: needs an init_image to upscale (SD upscale is an img2img script)")
+    if not is_no_upscaler(recipe.sd_upscale.upscaler):
+        try:
+            find_upscaler(recipe.sd_upscale.upscaler, store)
+        except BrushworkError as error:
+            raise RecipeError(f"sd_upscale.upscaler: {error} (or None: no upscale)") from None
+
+
 def lora_notes(recipe: Recipe) -> list[str]:
     """A warning for each `<lora:...>` tag the prompt encoder removes from the recipe's prompts unapplied."""
     texts = [recipe.prompt, recipe.negative_prompt]
@@ -271,7 +333,7 @@ def lora_notes(recipe: Recipe) -> list[str]:
 def groupable(recipe: Recipe) -> tuple | None:
     """What recipes must share to run as one U-Net batch; None for recipes that never group
     (img2img and hires fix carry per-job pictures and passes)."""
-    if recipe.is_img2img or recipe.hires is not None or recipe.batch_count != 1:
+    if recipe.is_img2img or recipe.hires is not None or recipe.sd_upscale is not None or recipe.batch_count != 1:
         return None
     return (recipe.model, recipe.vae, recipe.width, recipe.height, recipe.sampler, recipe.steps, recipe.clip_skip,
             recipe.tiling)

@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from brushwork.engine.hires import LATENT_UPSCALERS, hires_size
+from brushwork.engine.sd_upscale import is_no_upscaler, upscaled_size
 from brushwork.errors import BrushworkError
 from brushwork.models.store import ModelStore
 from brushwork.recipe import Recipe
@@ -44,6 +45,9 @@ def check_recipe(recipe: Recipe, limits: Limits, *, init_size: tuple[int, int] |
     if recipe.image_count > limits.max_batch:
         raise OverLimit(f"batch_size x batch_count = {recipe.image_count} is over this server's limit of "
                         f"{limits.max_batch} pictures per job (--max-batch)")
+    if recipe.sd_upscale is not None and recipe.sd_upscale.batch_size > limits.max_batch:
+        raise OverLimit(f"sd_upscale.batch_size = {recipe.sd_upscale.batch_size} is over this server's limit of "
+                        f"{limits.max_batch} pictures per pass (--max-batch)")
     for field, steps in (("steps", recipe.steps), ("hires.steps", recipe.hires.steps if recipe.hires else 0)):
         if steps > limits.max_steps:
             raise OverLimit(f"{field} = {steps} is over this server's limit of {limits.max_steps} steps (--max-steps)")
@@ -59,6 +63,8 @@ def check_recipe(recipe: Recipe, limits: Limits, *, init_size: tuple[int, int] |
     if recipe.hires is not None:
         target = hires_size(recipe.model_copy(update={"width": width, "height": height}))
         sizes.append(("the hires fix target", *target))
+    if recipe.sd_upscale is not None and init_size is not None:
+        sizes.append(("the SD upscale result", *upscaled_size(init_size, recipe.sd_upscale)))
     for what, w, h in sizes:
         if w * h > limits.max_pixels:
             raise OverLimit(f"{what} is {w}x{h} = {w * h:,} pixels, over this server's limit of "
@@ -81,6 +87,10 @@ def check_names(recipe: Recipe, store: ModelStore, upscalers: list[str]) -> None
         if recipe.hires.upscaler not in upscalers:
             choices = ", ".join([*LATENT_UPSCALERS, *upscalers])
             raise OverLimit(f"hires.upscaler: unknown upscaler {recipe.hires.upscaler!r}; choose one of: {choices}")
+    if recipe.sd_upscale is not None and not is_no_upscaler(recipe.sd_upscale.upscaler):
+        if recipe.sd_upscale.upscaler not in upscalers:
+            choices = ", ".join(["None", *upscalers])
+            raise OverLimit(f"sd_upscale.upscaler: unknown upscaler {recipe.sd_upscale.upscaler!r}; choose one of: {choices}")
 
 
 def admit(recipe: Recipe, limits: Limits, store: ModelStore, upscalers: list[str]) -> Recipe:

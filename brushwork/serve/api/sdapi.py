@@ -58,7 +58,7 @@ def txt2img(body: Txt2ImgRequest, jobs: Jobs, store: Store, settings: ServerSett
 @router.post("/img2img", response_model=ImageResponse)
 def img2img(body: Img2ImgRequest, jobs: Jobs, store: Store, settings: ServerSettings, user: User, options: Options,
             upscalers: ImageUpscalers, shutdown: Shutdown) -> ImageResponse:
-    recipe = styled(img2img_recipe(body, options), body, settings)
+    recipe = styled(img2img_recipe(body, options, upscalers.names()), body, settings)
     recipe = admit_a1111(recipe, settings.limits, store, upscalers.names())
     return generate(jobs, recipe, user, body, shutdown)
 

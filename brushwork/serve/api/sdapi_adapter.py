@@ -22,6 +22,7 @@ from brushwork.recipe import Recipe
 from brushwork.serve.api.sdapi_schemas import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from brushwork.serve.deps import WebuiOptions
 from brushwork.serve.jobs import Job
+from brushwork.upscale import BUILTIN
 
 # A1111's sampler aliases (k-diffusion's function names), so old scripts' names still work.
 SAMPLER_ALIASES: dict[str, list[str]] = {
@@ -46,7 +47,13 @@ A1111_NAMES = {
     "hires.resize_width": "hr_resize_x", "hires.resize_height": "hr_resize_y", "hires.upscaler": "hr_upscaler",
     "hires.steps": "hr_second_pass_steps", "hires.denoising_strength": "denoising_strength",
     "hires.sampler": "hr_sampler_name", "init_image": "init_images", "inpaint_full_res": "inpaint_full_res",
+    "sd_upscale.overlap": "script_args[1] (overlap)", "sd_upscale.upscaler": "script_args[2] (upscaler)",
+    "sd_upscale.scale": "script_args[3] (scale)", "sd_upscale.batch_size": "batch_size",
 }
+# The A1111 scripts this server runs, by A1111's name for them (the lower-cased title), per route.
+SD_UPSCALE = "sd upscale"
+SCRIPTS: dict[str, list[str]] = {"txt2img": [], "img2img": [SD_UPSCALE]}
+SD_UPSCALE_DEFAULTS = ["", 64, "None", 2.0]  # A1111's: info (unused), tile overlap, upscaler, scale factor
 
 
 def sampler_name(name: str | None, scheduler: str | None) -> str:
@@ -77,11 +84,65 @@ def check_unsupported(request: GenerationRequest) -> None:
     if isinstance(request, Txt2ImgRequest):
         unsupported["hr_checkpoint_name"] = request.hr_checkpoint_name not in SAME
     if request.script_name:
-        raise RecipeError(f"script_name: {request.script_name!r} is not a script of this server; it runs none "
-                          "(SD upscale is not available yet; see GET /sdapi/v1/scripts)")
+        script_name(request)
     used = [name for name, is_used in unsupported.items() if is_used]
     if used:
         raise RecipeError(f"{', '.join(used)}: not supported by brushwork; leave unset (see docs/api.md)")
+
+
+def script_name(request: GenerationRequest) -> str | None:
+    """The A1111 script the request runs (by A1111's lower-cased name), or None; RecipeError if there is none
+    such for its route."""
+    if not request.script_name:
+        return None
+    wanted = request.script_name.strip().lower()
+    route = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
+    if wanted in SCRIPTS[route]:
+        return wanted
+    elsewhere = [other for other, names in SCRIPTS.items() if wanted in names]
+    if elsewhere:
+        raise RecipeError(f"script_name: {request.script_name!r} runs in {elsewhere[0]} only, as in A1111; "
+                          f"send it to /sdapi/v1/{elsewhere[0]}")
+    available = ", ".join(SCRIPTS[route]) or "none"
+    raise RecipeError(f"script_name: {request.script_name!r} is not a script of this server; {route} runs: "
+                      f"{available} (see GET /sdapi/v1/scripts)")
+
+
+def sd_upscale_fields(args: list[Any], batch_size: int, tile: tuple[int, int], upscalers: list[str] | None) -> dict[str, Any]:
+    """A1111's SD upscale `script_args` — ["", overlap, upscaler, scale], missing ones at A1111's defaults —
+    as the Recipe's `sd_upscale`. The upscaler is a name (any case) or an index into GET /sdapi/v1/upscalers
+    (None, Lanczos, Nearest, then `upscalers`, the networks; None here: only the built-in ones are known, and
+    an unknown name is left for the engine to refuse)."""
+    if len(args) > len(SD_UPSCALE_DEFAULTS):
+        raise RecipeError(f"script_args: SD upscale takes [info, overlap, upscaler, scale], got {len(args)} values")
+    _, overlap, upscaler, scale = [*args, *SD_UPSCALE_DEFAULTS[len(args):]]
+    if isinstance(overlap, float) and overlap.is_integer():
+        overlap = int(overlap)
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
+        raise RecipeError(f"script_args[1] (overlap): the tile overlap must be a whole number of pixels, got {overlap!r}")
+    if min(tile) >= 8 and overlap >= min(tile):  # a smaller size is refused as width/height itself
+        raise RecipeError(f"script_args[1] (overlap): {overlap} must be smaller than the tile size "
+                          f"(width x height = {tile[0]}x{tile[1]})")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise RecipeError(f"script_args[3] (scale): the scale factor must be a number, got {scale!r}")
+    choices = ["None", *(list(BUILTIN) if upscalers is None else upscalers)]
+    if isinstance(upscaler, int) and not isinstance(upscaler, bool):
+        if not 0 <= upscaler < len(choices):
+            known = "" if upscalers is not None else " (networks only by name here)"
+            raise RecipeError(f"script_args[2] (upscaler): index {upscaler} is not one of 0-{len(choices) - 1}"
+                              f"{known}: {', '.join(f'{n} {name}' for n, name in enumerate(choices))}")
+        upscaler = choices[upscaler]
+    elif isinstance(upscaler, str) and upscaler.strip():
+        by_lower = {name.lower(): name for name in choices}
+        if upscaler.strip().lower() in by_lower:
+            upscaler = by_lower[upscaler.strip().lower()]
+        elif upscalers is not None:
+            raise RecipeError(f"script_args[2] (upscaler): unknown upscaler {upscaler!r}; choose one of: "
+                              f"{', '.join(choices)} (or its index)")
+    else:
+        raise RecipeError(f"script_args[2] (upscaler): give an upscaler name or index, got {upscaler!r}; "
+                          f"choose one of: {', '.join(choices)}")
+    return {"overlap": overlap, "upscaler": upscaler, "scale": scale, "batch_size": batch_size}
 
 
 def overrides(request: GenerationRequest, options: WebuiOptions) -> dict[str, Any]:
@@ -118,7 +179,8 @@ def txt2img_recipe(request: Txt2ImgRequest, options: WebuiOptions) -> Recipe:
     return _build(fields)
 
 
-def img2img_recipe(request: Img2ImgRequest, options: WebuiOptions) -> Recipe:
+def img2img_recipe(request: Img2ImgRequest, options: WebuiOptions, upscalers: list[str] | None = None) -> Recipe:
+    """`upscalers`: the image upscalers' names (`list_upscalers`), for SD upscale's upscaler index and name."""
     check_unsupported(request)
     images = request.init_images or []
     if len(images) != 1:
@@ -144,6 +206,13 @@ def img2img_recipe(request: Img2ImgRequest, options: WebuiOptions) -> Recipe:
             "inpaint_full_res": request.inpaint_full_res, "inpaint_full_res_padding": request.inpaint_full_res_padding,
             "inpainting_mask_invert": bool(request.inpainting_mask_invert),
         }
+    if script_name(request) == SD_UPSCALE:
+        if request.mask:
+            raise RecipeError("mask: SD upscale repaints whole tiles of the upscaled picture; send no mask")
+        # A1111's batch_size is the tiles denoised together; each of the n_iter batches makes one picture.
+        fields["sd_upscale"] = sd_upscale_fields(request.script_args, request.batch_size,
+                                                 (fields["width"], fields["height"]), upscalers)
+        fields["batch_size"] = 1
     return _build(fields)
 
 
@@ -184,14 +253,14 @@ def info_json(job: Job) -> str:
     first = job.images[0] if job.images else None
     params = split_infotext(first.infotext)[2] if first else {}
     count = max(1, len(job.images))
-    extra = {key: value for key, value in params.items() if key.startswith(("Denoising", "Hires", "Mask", "Masked", "Inpaint"))}
+    extra = {key: value for key, value in params.items() if key.startswith(("Denoising", "Hires", "Mask", "Masked", "Inpaint", "SD upscale"))}
     return json.dumps({
         "prompt": recipe.prompt, "all_prompts": [recipe.prompt] * count,
         "negative_prompt": recipe.negative_prompt, "all_negative_prompts": [recipe.negative_prompt] * count,
         "seed": seeds[0], "all_seeds": seeds, "subseed": seeds[0], "all_subseeds": seeds, "subseed_strength": 0,
         "width": first.width if first else recipe.width, "height": first.height if first else recipe.height,
         "sampler_name": recipe.sampler, "cfg_scale": recipe.cfg_scale, "steps": recipe.steps,
-        "batch_size": recipe.batch_size, "restore_faces": False, "face_restoration_model": None,
+        "batch_size": recipe.sd_upscale.batch_size if recipe.sd_upscale else recipe.batch_size, "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": params.get("Model"), "sd_model_hash": params.get("Model hash"),
         "sd_vae_name": params.get("VAE"), "sd_vae_hash": params.get("VAE hash"),
         "seed_resize_from_w": -1, "seed_resize_from_h": -1,

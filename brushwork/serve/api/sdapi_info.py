@@ -18,7 +18,7 @@ from brushwork.engine.samplers import SAMPLERS
 from brushwork.errors import BrushworkError
 from brushwork.models.store import ModelEntry, ModelStore
 from brushwork.serve.api.models import default_checkpoint_name
-from brushwork.serve.api.sdapi_adapter import NO_VAE, SAMPLER_ALIASES, checkpoint_name, vae_name
+from brushwork.serve.api.sdapi_adapter import NO_VAE, SAMPLER_ALIASES, SCRIPTS, checkpoint_name, vae_name
 from brushwork.serve.api.sdapi_schemas import (
     LatentUpscaleModeItem,
     LoraItem,
@@ -90,8 +90,8 @@ def latent_upscale_modes() -> list[LatentUpscaleModeItem]:
 
 @router.get("/scripts", response_model=ScriptsList)
 def scripts() -> ScriptsList:
-    """No A1111 scripts or extensions: clients such as webuiapi ask to find out."""
-    return ScriptsList()
+    """The A1111 scripts `script_name` may name (A1111's lower-cased titles): SD upscale, in img2img. No extensions."""
+    return ScriptsList(txt2img=list(SCRIPTS["txt2img"]), img2img=list(SCRIPTS["img2img"]))
 
 
 @router.get("/options")

@@ -125,12 +125,15 @@ def sd_modules() -> list[SDModuleItem]:
 
 
 @router.get("/script-info", response_model=list[ScriptInfo])
-def script_info() -> list[ScriptInfo]:
-    """The one A1111 script brushwork runs: SD upscale (img2img), with A1111's argument order."""
+def script_info(store: Store) -> list[ScriptInfo]:
+    """The one A1111 script brushwork runs: SD upscale (img2img), with A1111's argument order and defaults
+    (the upscaler: A1111's first, "None"; a name or an index into `choices`, as GET /sdapi/v1/upscalers)."""
+    from brushwork.upscale import list_upscalers
+
     args = [
         ScriptArg(label="info", value=""),
         ScriptArg(label="Tile overlap", value=64, minimum=0, maximum=256, step=16),
-        ScriptArg(label="Upscaler", value="Lanczos"),
+        ScriptArg(label="Upscaler", value="None", choices=["None", *list_upscalers(store)]),
         ScriptArg(label="Scale Factor", value=2.0, minimum=1.0, maximum=4.0, step=0.05),
     ]
     return [ScriptInfo(name=SD_UPSCALE, is_alwayson=False, is_img2img=True, args=args)]
