@@ -27,7 +27,7 @@ from brushwork.models.store import ModelStore
 from brushwork.recipe import describe_validation_error
 from brushwork.serve.api import gallery, info, jobs as jobs_api, models, sdapi, sdapi_info, sdapi_system
 from brushwork.serve.auth import AuthMiddleware, build_authenticator
-from brushwork.serve.deps import Upscalers, WebuiOptions
+from brushwork.serve.deps import Upscalers, WebuiOptions, locked_runner
 from brushwork.serve.jobs import JobService
 from brushwork.serve.limits import BodyLimitMiddleware, NotFound, TooLarge
 from brushwork.serve.settings import Settings
@@ -53,13 +53,15 @@ def create_app(
     `/api/v1` or `/sdapi/v1`.
     """
     store = store or build_store(settings)
+    from brushwork.engine.engine import Engine
+
     queue = None
     if jobs is None:
-        from brushwork.engine.engine import Engine
         from brushwork.serve.queue import JobQueue
 
         queue = JobQueue(settings.data_dir, Engine(store), max_group_images=8 if settings.batching else 1)
         jobs = queue
+    upscalers = Upscalers(store, queue.run_task if queue is not None else locked_runner(Engine(store)))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -84,7 +86,7 @@ def create_app(
     app.state.store = store
     app.state.jobs = jobs
     app.state.webui_options = WebuiOptions()
-    app.state.upscalers = Upscalers(store)
+    app.state.upscalers = upscalers
     app.state.shutdown = threading.Event()
 
     for router in (jobs_api.router, gallery.router, models.router, info.router):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Callable
 
 from fastapi import Depends, Request
 from PIL import Image
@@ -17,6 +17,9 @@ from brushwork.models.store import ModelStore
 from brushwork.serve.auth import ANONYMOUS
 from brushwork.serve.jobs import JobService
 from brushwork.serve.settings import Limits, Settings
+
+if TYPE_CHECKING:
+    from brushwork.engine.engine import Engine
 
 
 @dataclass
@@ -60,18 +63,17 @@ def get_webui_options(request: Request) -> WebuiOptions:
 
 
 class Upscalers:
-    """Picture upscalers (Pillow filters and the models folder's ESRGAN/ networks), one at a time.
+    """Picture upscalers (Pillow filters and the models folder's ESRGAN/ networks) on the Engine's one
+    network cache.
 
-    Upscaling runs in the request's thread, not the job queue; the lock keeps two requests from
-    loading or running networks at once next to the queue's worker.
+    `run(work)` runs `work(engine)` where the engine is used: on the job queue's worker, between jobs
+    (`JobQueue.run_task`), so an upscale never runs beside a job. An app around another `JobService`
+    passes a runner of its own.
     """
 
-    def __init__(self, store: ModelStore):
-        from brushwork.upscale import NetworkCache
-
+    def __init__(self, store: ModelStore, run: Callable[[Callable[[Engine], Any]], Any]):
         self.store = store
-        self.cache = NetworkCache(max_loaded=1)
-        self.lock = threading.Lock()
+        self.run = run
 
     def names(self) -> list[str]:
         from brushwork.upscale import list_upscalers
@@ -79,10 +81,18 @@ class Upscalers:
         return list_upscalers(self.store)
 
     def upscale(self, image: Image.Image, name: str, scale: float | tuple[int, int]) -> Image.Image:
-        from brushwork.upscale import upscale
+        return self.run(lambda engine: engine.upscale_image(image, name, scale))
 
-        with self.lock:
-            return upscale(image, name, scale, self.store, cache=self.cache)
+
+def locked_runner(engine: Engine) -> Callable[[Callable[[Engine], Any]], Any]:
+    """A runner for `Upscalers` without a job queue: one caller at a time on `engine`."""
+    lock = threading.Lock()
+
+    def run(work: Callable[[Engine], Any]) -> Any:
+        with lock:
+            return work(engine)
+
+    return run
 
 
 def get_upscalers(request: Request) -> Upscalers:

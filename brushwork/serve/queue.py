@@ -14,6 +14,9 @@ share one U-Net batch.
   "internal error: ..." for a bug) and its traceback is logged with its id. A job is prepared (its run
   objects built) before it is marked running, so one that cannot be fails alone and never joins a group;
   a group whose run fails goes back to run one job at a time, so only the job that caused it fails.
+* Engine tasks (`run_task`): short synchronous work such as upscaling a picture runs on the worker too,
+  between jobs and before the next one, so the engine (and its network caches) has one user at a time.
+  They are not persisted: the request waiting for one gets an error if the queue stops first.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator, TypeVar
 
 from pydantic import ValidationError
 
@@ -121,6 +126,17 @@ class _StepCounter:
         return min(self.total, batch * self.per_batch + sum(self.passes[: self._pass]) + within)
 
 
+T = TypeVar("T")
+
+
+@dataclass
+class _Task:
+    """Work for the worker's Engine that a request waits on (`JobQueue.run_task`)."""
+
+    work: Callable[[Engine], Any]
+    future: Future = field(default_factory=Future)
+
+
 @dataclass
 class _Prepared:
     """A queued job made ready to run, before it is marked running (`JobQueue._prepare`)."""
@@ -175,6 +191,7 @@ class JobQueue:
         self._turn = 0
         self._solo: set[str] = set()  # jobs of a group that failed: each runs alone to find the culprit
         self._unrecorded: dict[str, tuple[str, JobState, list[str]]] = {}  # failures the database refused
+        self._tasks: deque[_Task] = deque()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._folder_lock: IO[str] | None = None
@@ -198,6 +215,8 @@ class JobQueue:
             self._stopping = True
             if self._running is not None:
                 self._running.shutdown = True
+            while self._tasks:
+                self._tasks.popleft().future.set_exception(BrushworkError("the server is stopping; try again"))
             self._changed.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -235,6 +254,18 @@ class JobQueue:
             job.position = self._positions().get(job.id)
             self._bump()
         return job
+
+    def run_task(self, work: Callable[[Engine], T]) -> T:
+        """Run `work(engine)` on the worker between jobs and return what it returns (or raise what it raised).
+
+        Blocks the caller until then, as A1111's extras wait for its GPU lock."""
+        task = _Task(work)
+        with self._changed:
+            if self._stopping or self._thread is None or not self._thread.is_alive():
+                raise BrushworkError("the job queue is not running; try again")
+            self._tasks.append(task)
+            self._changed.notify_all()
+        return task.future.result()
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
@@ -352,12 +383,20 @@ class JobQueue:
         while True:
             try:
                 with self._changed:
-                    run = None
-                    while not self._stopping and (run := self._take_next()) is None:
+                    run = task = None
+                    while not self._stopping:
+                        if self._tasks:
+                            task = self._tasks.popleft()
+                            break
+                        if (run := self._take_next()) is not None:
+                            break
                         self._changed.wait(IDLE_POLL_SECONDS)
             except Exception:  # a broken database: wait and try again, rather than end the worker
                 log.exception("job queue worker cannot read the queue")
                 time.sleep(1.0)
+                continue
+            if task is not None:
+                self._run_task(task)
                 continue
             if run is None:
                 return
@@ -371,6 +410,12 @@ class JobQueue:
                 with self._changed:
                     self._running = None
                     self._bump()
+
+    def _run_task(self, task: _Task) -> None:
+        try:
+            task.future.set_result(task.work(self.engine))
+        except Exception as error:  # the waiting request gets it, as if it had run the work itself
+            task.future.set_exception(error)
 
     def _take_next(self) -> _Run | None:
         """Mark the next job (plus compatible ones when grouping) running; call with the lock held.
