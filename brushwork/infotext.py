@@ -135,6 +135,8 @@ def format_infotext(
 def recipe_extras(recipe: Recipe) -> dict[str, str]:
     """Tiling and the img2img, inpainting and hires fix settings under A1111's infotext names."""
     extra: dict[str, str] = {"Tiling": "True"} if recipe.tiling else {}
+    if recipe.eta_noise_seed_delta:
+        extra["ENSD"] = str(recipe.eta_noise_seed_delta)
     if recipe.is_img2img:
         extra["Denoising strength"] = format_number(recipe.denoising_strength)
         if recipe.mask is not None or recipe.outpaint is not None:
@@ -207,6 +209,9 @@ def _extras_to_fields(params: dict[str, str]) -> dict[str, object]:
         fields["inpainting_mask_invert"] = True
     if params.get("Tiling") == "True":
         fields["tiling"] = True
+    delta = _number(params, "ENSD", int)
+    if delta:
+        fields["eta_noise_seed_delta"] = delta
     if params.get("Inpaint area") == "Only masked":
         fields["inpaint_full_res"] = True
         padding = _number(params, "Masked area padding", int)

@@ -6,6 +6,7 @@ and re-use the settings), and `brushwork`, our own JSON, which keeps what infote
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import secrets
@@ -179,3 +180,27 @@ def read_png_info(path: str | os.PathLike[str]) -> tuple[str | None, str | None]
     except (OSError, SyntaxError, ValueError) as error:
         # PermissionError, a truncated header, broken EXIF, ...: Pillow's own words name the problem.
         raise BrushworkError(f"cannot read {source}: {error}") from None
+
+
+# A1111's `samples_format` values and the Pillow format each one is written in.
+SAMPLE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def encode_as_sample(png: bytes, samples_format: str, quality: int) -> bytes:
+    """A PNG (with its infotext) re-encoded as A1111 encodes API pictures for `samples_format`: unchanged for
+    png; for jpg/webp at `quality` (A1111's jpeg_quality), the infotext in the EXIF UserComment as A1111
+    (piexif) writes it: "UNICODE\\0" + UTF-16 big-endian. Raises BrushworkError for another format."""
+    kind = SAMPLE_FORMATS.get(samples_format.lower())
+    if kind is None:
+        raise BrushworkError(f"samples_format: {samples_format!r} is not one of {', '.join(SAMPLE_FORMATS)}")
+    if kind == "PNG":
+        return png
+    with Image.open(io.BytesIO(png)) as image:
+        infotext = _png_texts(image).get(PARAMETERS_KEY)
+        picture = image.convert("RGB")
+    exif = Image.Exif()
+    if infotext:
+        exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = b"UNICODE\x00" + infotext.encode("utf-16-be")
+    buffer = io.BytesIO()
+    picture.save(buffer, format=kind, quality=max(1, min(100, quality)), exif=exif.tobytes())
+    return buffer.getvalue()

@@ -101,6 +101,8 @@ class Recipe(BaseModel):
     batch_count: int = Field(1, ge=1, le=1000, description="Passes run one after another.")
     clip_skip: int = Field(1, ge=1, le=12, description="2 uses CLIP's penultimate layer.")
     tiling: bool = Field(False, description="Seamless texture: the picture wraps around at its edges.")
+    eta_noise_seed_delta: int = Field(0, ge=0, le=MAX_SEED,
+                                      description="A1111's ENSD: the sampler's per-step noise is seeded seed + this.")
 
     # img2img: images are a file path, a data URL or plain base64 (see brushwork.images).
     init_image: str | None = Field(None, description="The picture to start from (img2img, inpainting).")

@@ -213,7 +213,7 @@ def test_options_switch_the_default_model(client):
     assert_clean_error(client.post("/sdapi/v1/options", json={"sd_model_checkpoint": 5}), 422, "sd_model_checkpoint")
     assert_clean_error(client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 0}), 422, "1 to 12")
     assert_clean_error(client.post("/sdapi/v1/options", json={"sd_vae": "missing.pt"}), 422, "not found")
-    assert_clean_error(client.post("/sdapi/v1/options", json={"samples_format": "jpg"}), 422, "PNG only")
+    assert_clean_error(client.post("/sdapi/v1/options", json={"samples_format": "bmp"}), 422, "png, jpg")
     assert client.post("/sdapi/v1/options", json=[1, 2]).status_code == 422
     assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == tiny  # nothing half-applied
     client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "more/second.safetensors"})

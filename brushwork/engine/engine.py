@@ -203,7 +203,8 @@ class Engine:
         generators = latent_stage.image_generators(seeds)
         step_started = time.perf_counter()
         with torch.inference_mode(), circular_padding(components.unet, components.vae, enabled=recipe.tiling):
-            latents = run_pass(components, plan, generators, seeds, on_step=report, should_stop=should_stop)
+            latents = run_pass(components, plan, generators, seeds, on_step=report, should_stop=should_stop,
+                               noise_seed_delta=recipe.eta_noise_seed_delta)
             if recipe.hires is not None:
                 latents = hires_pass(components, encoder, recipe, latents, generators, seeds,
                                      self.upscale_image, on_step=report, should_stop=should_stop)
@@ -288,7 +289,7 @@ class Engine:
 
         with torch.inference_mode(), circular_padding(components.unet, components.vae, enabled=first.tiling):
             latents = run_pass(components, plan, latent_stage.image_generators(seeds), seeds,
-                               on_step=report, should_stop=should_stop)
+                               on_step=report, should_stop=should_stop, noise_seed_delta=first.eta_noise_seed_delta)
             pictures = vae_stage.decode(components.vae, latents)
         for picture, seed, (number, offset) in zip(pictures, seeds, owners):
             results[number].images.append(self._generated(recipes[number], model, picture, seed, offset))
@@ -336,4 +337,4 @@ def groupable(recipe: Recipe) -> tuple | None:
     if recipe.is_img2img or recipe.hires is not None or recipe.sd_upscale is not None or recipe.batch_count != 1:
         return None
     return (recipe.model, recipe.vae, recipe.width, recipe.height, recipe.sampler, recipe.steps, recipe.clip_skip,
-            recipe.tiling)
+            recipe.tiling, recipe.eta_noise_seed_delta)

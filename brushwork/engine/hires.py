@@ -83,4 +83,5 @@ def hires_pass(
         hires.sampler or recipe.sampler, steps, width, height, [recipe.cfg_scale] * images, [positive] * images,
         [negative_conditioning] * images, strength=hires.denoising_strength, init_latents=upscaled,
     )
-    return run_pass(components, plan, generators, seeds, on_step=on_step, should_stop=should_stop)
+    return run_pass(components, plan, generators, seeds, on_step=on_step, should_stop=should_stop,
+                    noise_seed_delta=recipe.eta_noise_seed_delta)

@@ -46,8 +46,12 @@ def run_pass(
     *,
     on_step: Callable[[StepInfo], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    noise_seed_delta: int = 0,
 ) -> torch.Tensor:
-    """Denoise one batch; `generators` and `seeds` name each picture's randomness, in batch order."""
+    """Denoise one batch; `generators` and `seeds` name each picture's randomness, in batch order.
+
+    `noise_seed_delta` is A1111's "Eta noise seed delta" (ENSD): when not 0, the sampler's per-step noise
+    comes from fresh generators seeded seed + delta instead of going on from the starting noise's."""
     if len(generators) != len(seeds):
         raise ValueError(f"{len(generators)} generators for {len(seeds)} seeds")
     unet = components.unet
@@ -75,6 +79,8 @@ def run_pass(
             latents = noise * scheduler.init_noise_sigma  # repaint from pure noise, as diffusers does
         else:
             latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(len(seeds)))
+    if noise_seed_delta:
+        generators = latent_stage.image_generators([seed + noise_seed_delta for seed in seeds])
 
     denoiser = GuidedDenoiser(
         unet, plan.positive, plan.negative, plan.cfg_scale, steps=max(1, steps_run(plan.steps, plan.strength)),

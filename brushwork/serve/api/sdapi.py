@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import base64
 import threading
-from typing import Annotated
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 from PIL import Image
 
 from brushwork.errors import BrushworkError
 from brushwork.models.store import ModelStore
+from brushwork.output import encode_as_sample, next_output_path
 from brushwork.recipe import Recipe
 from brushwork.serve.api.info import read_info_from_bytes
 from brushwork.serve.api.sdapi_adapter import a1111_wording, img2img_recipe, info_json, png_info_parameters, txt2img_recipe
+from brushwork.serve.api.sdapi_info import A1111_OPTIONS
 from brushwork.serve.api.sdapi_schemas import (
     ExtrasBaseRequest,
     ExtrasBatchImagesRequest,
@@ -35,7 +39,9 @@ from brushwork.serve.api.sdapi_schemas import (
     ProgressState,
     Txt2ImgRequest,
 )
-from brushwork.serve.deps import ImageUpscalers, Jobs, Options, ServerLimits, ServerSettings, Shutdown, Store, Upscalers, User
+from brushwork.serve.deps import (
+    ImageUpscalers, Jobs, Options, ServerLimits, ServerSettings, Shutdown, Store, Upscalers, User, WebuiOptions,
+)
 from brushwork.serve.jobs import Job, JobService, JobState
 from brushwork.serve.limits import OverLimit, admit, decode_base64_image, png_base64
 from brushwork.serve.settings import Limits, Settings
@@ -52,7 +58,7 @@ def txt2img(body: Txt2ImgRequest, jobs: Jobs, store: Store, settings: ServerSett
             upscalers: ImageUpscalers, shutdown: Shutdown) -> ImageResponse:
     recipe = styled(txt2img_recipe(body, options), body, settings)
     recipe = admit_a1111(recipe, settings.limits, store, upscalers.names())
-    return generate(jobs, recipe, user, body, shutdown)
+    return generate(jobs, recipe, user, body, shutdown, sample_settings(options, settings, "txt2img"))
 
 
 @router.post("/img2img", response_model=ImageResponse)
@@ -60,7 +66,7 @@ def img2img(body: Img2ImgRequest, jobs: Jobs, store: Store, settings: ServerSett
             upscalers: ImageUpscalers, shutdown: Shutdown) -> ImageResponse:
     recipe = styled(img2img_recipe(body, options, upscalers.names()), body, settings)
     recipe = admit_a1111(recipe, settings.limits, store, upscalers.names())
-    return generate(jobs, recipe, user, body, shutdown)
+    return generate(jobs, recipe, user, body, shutdown, sample_settings(options, settings, "img2img"))
 
 
 @router.get("/progress", response_model=ProgressResponse)
@@ -115,25 +121,26 @@ def png_info(body: PngInfoRequest, limits: ServerLimits) -> PngInfoResponse:
 
 
 @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
-def extra_single_image(body: ExtrasSingleImageRequest, limits: ServerLimits,
-                       upscalers: ImageUpscalers) -> ExtrasSingleImageResponse:
+def extra_single_image(body: ExtrasSingleImageRequest, limits: ServerLimits, upscalers: ImageUpscalers,
+                       options: Options, settings: ServerSettings) -> ExtrasSingleImageResponse:
     """Upscale one picture (A1111's Extras tab) with one upscaler, or two blended; no face restoration."""
     if not body.image:
         raise BrushworkError("image: send the picture as base64")
     image, info = extras(body, body.image, "image", limits, upscalers)
-    return ExtrasSingleImageResponse(html_info=info, image=png_base64(image))
+    return ExtrasSingleImageResponse(html_info=info, image=sample_base64(image, sample_settings(options, settings, "extras")))
 
 
 @router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
-def extra_batch_images(body: ExtrasBatchImagesRequest, limits: ServerLimits,
-                       upscalers: ImageUpscalers) -> ExtrasBatchImagesResponse:
+def extra_batch_images(body: ExtrasBatchImagesRequest, limits: ServerLimits, upscalers: ImageUpscalers,
+                       options: Options, settings: ServerSettings) -> ExtrasBatchImagesResponse:
     """extra-single-image for each picture of `imageList`, all checked before the first is upscaled."""
     if not body.imageList:
         raise BrushworkError("imageList: send at least one picture")
     for number, item in enumerate(body.imageList):
         decode_base64_image(item.data, f"imageList[{number}].data", limits)
     done = [extras(body, item.data, f"imageList[{n}].data", limits, upscalers) for n, item in enumerate(body.imageList)]
-    return ExtrasBatchImagesResponse(html_info=done[0][1], images=[png_base64(image) for image, _ in done])
+    samples = sample_settings(options, settings, "extras")
+    return ExtrasBatchImagesResponse(html_info=done[0][1], images=[sample_base64(image, samples) for image, _ in done])
 
 
 def extras(body: ExtrasBaseRequest, data: str, field: str, limits: Limits, upscalers: Upscalers) -> tuple[Image.Image, str]:
@@ -178,14 +185,38 @@ def admit_a1111(recipe: Recipe, limits: Limits, store: ModelStore, upscalers: li
         raise
 
 
-def generate(jobs: JobService, recipe: Recipe, user: str, body: GenerationRequest, shutdown: threading.Event) -> ImageResponse:
+@dataclass(frozen=True)
+class SampleSettings:
+    """How the /options say answered pictures are encoded (samples_format, jpeg_quality) and, for a request
+    with `save_images`, the folder they are also saved to (outdir_samples, else outdir_<mode>_samples)."""
+
+    samples_format: str
+    jpeg_quality: int
+    folder: Path
+
+
+def sample_settings(options: WebuiOptions, settings: Settings, mode: str) -> SampleSettings:
+    def option(name: str) -> Any:
+        return options.other.get(name, A1111_OPTIONS[name])
+
+    with options.lock:
+        folder = option("outdir_samples") or option(f"outdir_{mode}_samples")
+        return SampleSettings(option("samples_format"), option("jpeg_quality"), settings.data_dir / folder)
+
+
+def generate(jobs: JobService, recipe: Recipe, user: str, body: GenerationRequest, shutdown: threading.Event,
+             samples: SampleSettings) -> ImageResponse:
     """Queue the recipe, wait for its job, answer as A1111 does."""
     job = wait_for(jobs, jobs.submit(recipe, user).id, shutdown)
     if job.state is JobState.failed:
         # The queue marks bugs "internal error"; anything else is something the request asked for.
         status = 500 if (job.error or "").startswith("internal error") else 422
         raise HTTPException(status, job.error or "the job failed")
-    images = [_file_base64(jobs, record.id) for record in job.images] if body.send_images else []
+    pictures = [encode_as_sample(_file_bytes(jobs, record.id), samples.samples_format, samples.jpeg_quality)
+                for record in job.images]
+    if body.save_images:
+        save_samples(pictures, job, samples)
+    images = [base64.b64encode(picture).decode("ascii") for picture in pictures] if body.send_images else []
     parameters = body.model_dump()
     if isinstance(body, Img2ImgRequest) and not body.include_init_images:
         parameters["init_images"], parameters["mask"] = None, None  # A1111 does not echo them back
@@ -207,11 +238,30 @@ def wait_for(jobs: JobService, job_id: str, shutdown: threading.Event) -> Job:
             raise HTTPException(503, f"the server is stopping; job {job_id} stays queued (GET /api/v1/jobs/{job_id})")
 
 
-def _file_base64(jobs: JobService, image_id: str) -> str:
+def sample_base64(image: Image.Image, samples: SampleSettings) -> str:
+    """An extras result as A1111 answers it: in the samples format."""
+    png = base64.b64decode(png_base64(image))
+    return base64.b64encode(encode_as_sample(png, samples.samples_format, samples.jpeg_quality)).decode("ascii")
+
+
+def save_samples(pictures: list[bytes], job: Job, samples: SampleSettings) -> None:
+    """A1111's `save_images`: each picture also goes to the samples folder as NNNNN-seed-prompt.<format>
+    (the gallery keeps its PNG either way)."""
+    suffix = "." + samples.samples_format.lower()
+    with _SAVE_LOCK:  # the sequence number is picked from the folder's contents
+        for picture, record in zip(pictures, job.images):
+            path = next_output_path(samples.folder, seed=record.seed, prompt=job.recipe.prompt).with_suffix(suffix)
+            path.write_bytes(picture)
+
+
+_SAVE_LOCK = threading.Lock()
+
+
+def _file_bytes(jobs: JobService, image_id: str) -> bytes:
     path = jobs.image_path(image_id)
     if path is None:
         raise HTTPException(500, f"picture {image_id} is missing from the outputs folder")
-    return base64.b64encode(path.read_bytes()).decode("ascii")
+    return path.read_bytes()
 
 
 def _upscaled(upscalers: Upscalers, image: Image.Image, name: str, scale: float | tuple[int, int], crop: bool) -> Image.Image:

@@ -146,16 +146,19 @@ def sd_upscale_fields(args: list[Any], batch_size: int, tile: tuple[int, int], u
 
 
 def overrides(request: GenerationRequest, options: WebuiOptions) -> dict[str, Any]:
-    """Model, VAE and clip skip: the request's override_settings, else the server's /options."""
+    """Model, VAE, clip skip and ENSD: the request's override_settings, else the server's /options."""
     settings = request.override_settings or {}
     with options.lock:
-        fields: dict[str, Any] = {"model": options.checkpoint, "vae": options.vae, "clip_skip": options.clip_skip}
+        fields: dict[str, Any] = {"model": options.checkpoint, "vae": options.vae, "clip_skip": options.clip_skip,
+                                  "eta_noise_seed_delta": options.other.get("eta_noise_seed_delta", 0)}
     if settings.get("sd_model_checkpoint") not in (None, ""):
         fields["model"] = str(settings["sd_model_checkpoint"])
     if "sd_vae" in settings:
         fields["vae"] = None if settings["sd_vae"] in NO_VAE else str(settings["sd_vae"])
     if "CLIP_stop_at_last_layers" in settings:
         fields["clip_skip"] = settings["CLIP_stop_at_last_layers"]
+    if "eta_noise_seed_delta" in settings:
+        fields["eta_noise_seed_delta"] = settings["eta_noise_seed_delta"]
     return fields
 
 

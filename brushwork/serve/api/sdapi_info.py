@@ -17,6 +17,8 @@ from brushwork.engine.hires import LATENT_UPSCALERS
 from brushwork.engine.samplers import SAMPLERS
 from brushwork.errors import BrushworkError
 from brushwork.models.store import ModelEntry, ModelStore
+from brushwork.output import SAMPLE_FORMATS
+from brushwork.recipe import MAX_SEED
 from brushwork.serve.api.models import default_checkpoint_name
 from brushwork.serve.api.sdapi_adapter import NO_VAE, SAMPLER_ALIASES, SCRIPTS, checkpoint_name, vae_name
 from brushwork.serve.api.sdapi_schemas import (
@@ -33,7 +35,9 @@ from brushwork.serve.deps import ImageUpscalers, Options, Store
 
 router = APIRouter(tags=["sdapi (AUTOMATIC1111)"])
 
-KNOWN_OPTIONS = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "samples_format")
+KNOWN_OPTIONS = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
+# Stored with the rest, but checked first: brushwork acts on them (see `saved_sample_settings` in sdapi.py).
+OUTDIR_OPTIONS = ("outdir_samples", "outdir_txt2img_samples", "outdir_img2img_samples")
 # A1111 1.10's options at their defaults on a fresh install, in its order (modules/shared_options.py and the
 # built-in extensions'); GET /options shows each, POST stores any of them.
 A1111_OPTIONS: dict[str, Any] = json.loads(Path(__file__).with_name("a1111_options.json").read_text())
@@ -106,7 +110,6 @@ def get_options(store: Store, options: Options) -> dict[str, Any]:
         "sd_checkpoint_hash": store.hashes.sha256(entry.path) if entry else None,
         "sd_vae": vae or "Automatic",
         "CLIP_stop_at_last_layers": clip_skip,
-        "samples_format": "png",
     }
 
 
@@ -154,8 +157,19 @@ def check_options(store: ModelStore, body: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 12:
             raise BrushworkError(f"CLIP_stop_at_last_layers: must be a whole number from 1 to 12, got {value!r}")
         update["clip_skip"] = value
-    if "samples_format" in body and str(body["samples_format"]).lower() != "png":
-        raise BrushworkError(f"samples_format: brushwork writes PNG only, got {body['samples_format']!r}")
+    if "samples_format" in body and str(body["samples_format"]).lower() not in SAMPLE_FORMATS:
+        raise BrushworkError(f"samples_format: {body['samples_format']!r} is not one of {', '.join(SAMPLE_FORMATS)}")
+    for name in ("jpeg_quality", "eta_noise_seed_delta"):
+        value = body.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= (100 if name == "jpeg_quality" else MAX_SEED):
+            top = "100" if name == "jpeg_quality" else f"{MAX_SEED}"
+            raise BrushworkError(f"{name}: must be a whole number from 0 to {top}, got {value!r}")
+    for name in OUTDIR_OPTIONS:
+        if name in body:
+            value = body[name]
+            if not isinstance(value, str) or Path(value).is_absolute() or ".." in Path(value).parts:
+                raise BrushworkError(f"{name}: give a folder inside the server's data folder (a relative path "
+                                     f"without '..'), got {value!r}")
     return update
 
 
