@@ -137,6 +137,10 @@ def recipe_extras(recipe: Recipe) -> dict[str, str]:
     extra: dict[str, str] = {"Tiling": "True"} if recipe.tiling else {}
     if recipe.eta_noise_seed_delta:
         extra["ENSD"] = str(recipe.eta_noise_seed_delta)
+    if recipe.restore_faces:
+        extra["Face restoration"] = recipe.restore_faces
+        if recipe.restore_faces.lower() == "codeformer":
+            extra["CodeFormer weight"] = format_number(recipe.codeformer_weight)
     if recipe.is_img2img:
         extra["Denoising strength"] = format_number(recipe.denoising_strength)
         if recipe.mask is not None or recipe.outpaint is not None:
@@ -209,6 +213,11 @@ def _extras_to_fields(params: dict[str, str]) -> dict[str, object]:
         fields["inpainting_mask_invert"] = True
     if params.get("Tiling") == "True":
         fields["tiling"] = True
+    if params.get("Face restoration"):
+        fields["restore_faces"] = params["Face restoration"]
+        weight = _number(params, "CodeFormer weight", float)
+        if weight is not None:
+            fields["codeformer_weight"] = weight
     delta = _number(params, "ENSD", int)
     if delta:
         fields["eta_noise_seed_delta"] = delta

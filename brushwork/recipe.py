@@ -101,6 +101,9 @@ class Recipe(BaseModel):
     batch_count: int = Field(1, ge=1, le=1000, description="Passes run one after another.")
     clip_skip: int = Field(1, ge=1, le=12, description="2 uses CLIP's penultimate layer.")
     tiling: bool = Field(False, description="Seamless texture: the picture wraps around at its edges.")
+    restore_faces: str | None = Field(None, description="A face restorer (CodeFormer, GFPGAN, RestoreFormer) "
+                                      "run on each picture; None: none.")
+    codeformer_weight: float = Field(0.5, ge=0.0, le=1.0, description="CodeFormer's fidelity (0: most change).")
     eta_noise_seed_delta: int = Field(0, ge=0, le=MAX_SEED,
                                       description="A1111's ENSD: the sampler's per-step noise is seeded seed + this.")
 

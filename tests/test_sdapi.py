@@ -101,7 +101,6 @@ def test_img2img_payload_maps_onto_a_recipe():
 
 
 @pytest.mark.parametrize("request_fields, words", [
-    ({"restore_faces": True}, "restore_faces"), 
     ({"subseed_strength": 0.5}, "subseed_strength"), ({"script_name": "x/y/z plot"}, "script_name"),
     ({"enable_hr": True, "hr_checkpoint_name": "other"}, "hr_checkpoint_name"),
     ({"alwayson_scripts": {"ControlNet": {"args": [{"enabled": True}]}}}, "alwayson_scripts"),
@@ -279,7 +278,7 @@ def test_png_info_and_extras(client):
     ("txt2img", {"steps": 2, "width": 512, "height": 512}, 422, ["--max-pixels"]),
     ("txt2img", {**FAST, "sampler_name": "Bogus"}, 422, ["sampler_name", "unknown sampler"]),
     ("txt2img", {**FAST, "override_settings": {"sd_model_checkpoint": "../x.safetensors"}}, 422, ["not found"]),
-    ("txt2img", {**FAST, "restore_faces": True}, 422, ["restore_faces"]),
+    ("txt2img", {**FAST, "restore_faces": True}, 422, ["face restoration needs CodeFormer weights", "Codeformer"]),
     ("txt2img", {**FAST, "enable_hr": True, "hr_upscaler": "4x-Nope"}, 422, ["hr_upscaler", "Lanczos"]),
     ("img2img", {**FAST, "init_images": ["bm90IGFuIGltYWdl"]}, 422, ["init_image", "not a readable image"]),
     ("img2img", {**FAST, "init_images": ["/etc/passwd"]}, 422, ["init_image"]),

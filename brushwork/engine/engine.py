@@ -89,10 +89,11 @@ class Result:
 
 class Engine:
     def __init__(self, store: ModelStore):
-        from brushwork.upscale import NetworkCache
+        from brushwork.upscale import FaceNetworkCache, NetworkCache
 
         self.store = store
-        self._upscale_networks = NetworkCache(max_loaded=1)  # super-resolution nets for hires fix
+        self._upscale_networks = NetworkCache(max_loaded=1)  # super-resolution nets: hires fix, SD upscale, extras
+        self._face_networks = FaceNetworkCache(max_loaded=1)
 
     def resolve(self, recipe: Recipe, model: LoadedModel) -> Recipe:
         """Fill what the user left open: a random seed, the size (the init picture's, else the
@@ -110,6 +111,19 @@ class Engine:
         from brushwork.upscale import upscale
 
         return upscale(image, name, size, self.store, cache=self._upscale_networks)
+
+    def restore_faces(self, image: Image.Image, name: str, visibility: float = 1.0,
+                      codeformer_weight: float = 0.5) -> Image.Image:
+        """Faces restored by an A1111 face restorer whose weights are in GFPGAN/ or Codeformer/."""
+        from brushwork.upscale import restore_faces
+
+        return restore_faces(image, name, self.store, visibility, codeformer_weight, cache=self._face_networks)
+
+    def postprocess(self, recipe: Recipe, picture: Image.Image) -> Image.Image:
+        """The stage after decoding: face restoration, when the recipe asks for it (as A1111 runs it)."""
+        if not recipe.restore_faces:
+            return picture
+        return self.restore_faces(picture, recipe.restore_faces, codeformer_weight=recipe.codeformer_weight)
 
     def _encode(self, components, pictures: list[Image.Image]) -> torch.Tensor:
         pixels = latent_stage.pil_to_pixels(pictures, self.store.device, self.store.dtype)
@@ -153,6 +167,10 @@ class Engine:
         result = result if result is not None else Result(recipe=recipe)
         if recipe.sd_upscale is not None:
             check_sd_upscale(recipe, self.store)
+        if recipe.restore_faces:
+            from brushwork.upscale import find_face_restorer
+
+            find_face_restorer(recipe.restore_faces, self.store)  # its weights are there, before any model loads
         started = time.perf_counter()
         model = self.store.load(recipe.model, vae=recipe.vae)
         recipe = self.resolve(recipe, model)
@@ -193,6 +211,7 @@ class Engine:
                 pictures = self._denoise(components, plan, recipe, encoder, seeds, report, should_stop, result)
             if source is not None:
                 pictures = [source.finish(picture) for picture in pictures]
+            pictures = [self.postprocess(recipe, picture) for picture in pictures]
             for offset, (picture, seed) in enumerate(zip(pictures, seeds)):
                 yield self._generated(recipe, model, picture, seed, batch * recipe.batch_size + offset)
         result.timings["total"] = time.perf_counter() - started
@@ -291,6 +310,7 @@ class Engine:
             latents = run_pass(components, plan, latent_stage.image_generators(seeds), seeds,
                                on_step=report, should_stop=should_stop, noise_seed_delta=first.eta_noise_seed_delta)
             pictures = vae_stage.decode(components.vae, latents)
+        pictures = [self.postprocess(first, picture) for picture in pictures]
         for picture, seed, (number, offset) in zip(pictures, seeds, owners):
             results[number].images.append(self._generated(recipes[number], model, picture, seed, offset))
 
@@ -337,4 +357,4 @@ def groupable(recipe: Recipe) -> tuple | None:
     if recipe.is_img2img or recipe.hires is not None or recipe.sd_upscale is not None or recipe.batch_count != 1:
         return None
     return (recipe.model, recipe.vae, recipe.width, recipe.height, recipe.sampler, recipe.steps, recipe.clip_skip,
-            recipe.tiling, recipe.eta_noise_seed_delta)
+            recipe.tiling, recipe.eta_noise_seed_delta, recipe.restore_faces, recipe.codeformer_weight)

@@ -63,8 +63,8 @@ def get_webui_options(request: Request) -> WebuiOptions:
 
 
 class Upscalers:
-    """Picture upscalers (Pillow filters and the models folder's ESRGAN/ networks) on the Engine's one
-    network cache.
+    """Picture upscalers (Pillow filters and the models folder's ESRGAN/ networks) and face restorers, on
+    the Engine's network caches.
 
     `run(work)` runs `work(engine)` where the engine is used: on the job queue's worker, between jobs
     (`JobQueue.run_task`), so an upscale never runs beside a job. An app around another `JobService`
@@ -82,6 +82,9 @@ class Upscalers:
 
     def upscale(self, image: Image.Image, name: str, scale: float | tuple[int, int]) -> Image.Image:
         return self.run(lambda engine: engine.upscale_image(image, name, scale))
+
+    def restore_faces(self, image: Image.Image, name: str, visibility: float, codeformer_weight: float) -> Image.Image:
+        return self.run(lambda engine: engine.restore_faces(image, name, visibility, codeformer_weight))
 
 
 def locked_runner(engine: Engine) -> Callable[[Callable[[Engine], Any]], Any]:

@@ -23,6 +23,7 @@ from brushwork.errors import BrushworkError
 from brushwork.models.store import ModelStore
 from brushwork.recipe import Recipe
 from brushwork.serve.settings import Limits
+from brushwork.upscale import find_face_restorer
 
 # An unset width/height means the model's native size; no family we load is larger than this.
 LARGEST_NATIVE_SIZE = 1024
@@ -87,6 +88,8 @@ def check_names(recipe: Recipe, store: ModelStore, upscalers: list[str]) -> None
         if recipe.hires.upscaler not in upscalers:
             choices = ", ".join([*LATENT_UPSCALERS, *upscalers])
             raise OverLimit(f"hires.upscaler: unknown upscaler {recipe.hires.upscaler!r}; choose one of: {choices}")
+    if recipe.restore_faces:
+        find_face_restorer(recipe.restore_faces, store)
     if recipe.sd_upscale is not None and not is_no_upscaler(recipe.sd_upscale.upscaler):
         if recipe.sd_upscale.upscaler not in upscalers:
             choices = ", ".join(["None", *upscalers])

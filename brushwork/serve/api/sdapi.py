@@ -46,7 +46,7 @@ from brushwork.serve.jobs import Job, JobService, JobState
 from brushwork.serve.limits import OverLimit, admit, decode_base64_image, png_base64
 from brushwork.serve.settings import Limits, Settings
 from brushwork.styles import STYLES_NAME, apply_styles_to_recipe, load_styles
-from brushwork.upscale import plan_size, postprocess_fields
+from brushwork.upscale import find_face_restorer, plan_size, postprocess_fields
 
 router = APIRouter(tags=["sdapi (AUTOMATIC1111)"])
 
@@ -123,7 +123,7 @@ def png_info(body: PngInfoRequest, limits: ServerLimits) -> PngInfoResponse:
 @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
 def extra_single_image(body: ExtrasSingleImageRequest, limits: ServerLimits, upscalers: ImageUpscalers,
                        options: Options, settings: ServerSettings) -> ExtrasSingleImageResponse:
-    """Upscale one picture (A1111's Extras tab) with one upscaler, or two blended; no face restoration."""
+    """A1111's Extras tab for one picture: upscale (one upscaler, or two blended), then restore faces."""
     if not body.image:
         raise BrushworkError("image: send the picture as base64")
     image, info = extras(body, body.image, "image", limits, upscalers)
@@ -145,8 +145,12 @@ def extra_batch_images(body: ExtrasBatchImagesRequest, limits: ServerLimits, ups
 
 def extras(body: ExtrasBaseRequest, data: str, field: str, limits: Limits, upscalers: Upscalers) -> tuple[Image.Image, str]:
     """One picture through the Extras settings: (the result, A1111's html_info)."""
-    if body.gfpgan_visibility or body.codeformer_visibility:
-        raise BrushworkError("gfpgan_visibility, codeformer_visibility: face restoration is not available in brushwork")
+    for name in ("gfpgan_visibility", "codeformer_visibility", "codeformer_weight"):
+        if not 0 <= getattr(body, name) <= 1:
+            raise BrushworkError(f"{name}: must be between 0 and 1, got {getattr(body, name)!r}")
+    for name, restorer in (("gfpgan_visibility", "GFPGAN"), ("codeformer_visibility", "CodeFormer")):
+        if getattr(body, name) > 0:
+            find_face_restorer(restorer, upscalers.store)  # its weights are there, before any work
     _, image = decode_base64_image(data, field, limits)
     if body.resize_mode not in (0, 1):
         raise BrushworkError(f"resize_mode: {body.resize_mode} is not 0 (scale by) or 1 (scale to)")
@@ -155,16 +159,25 @@ def extras(body: ExtrasBaseRequest, data: str, field: str, limits: Limits, upsca
         scale = (body.upscaling_resize_w, body.upscaling_resize_h)
     plan = plan_size(image.size, scale)
     _check_size(plan.final if body.upscaling_crop else plan.resized, limits)
-    if body.upscaler_1 == "None":
+    result, fields = image, {}
+    if body.upscaler_1 != "None":
+        result = _upscaled(upscalers, image, body.upscaler_1, scale, body.upscaling_crop)
+        fields = postprocess_fields(body.upscaler_1, scale, plan)
+        if body.upscaler_2 != "None" and body.extras_upscaler_2_visibility > 0:
+            second = _upscaled(upscalers, image, body.upscaler_2, scale, body.upscaling_crop)
+            result = Image.blend(result.convert("RGB"), second.convert("RGB"), min(1.0, body.extras_upscaler_2_visibility))
+            fields["Postprocess upscaler 2"] = body.upscaler_2
+            fields["Postprocess upscaler 2 visibility"] = f"{body.extras_upscaler_2_visibility:g}"
+    # After the upscale, GFPGAN then CodeFormer: A1111's postprocessing order.
+    if body.gfpgan_visibility > 0:
+        result = upscalers.restore_faces(result, "GFPGAN", body.gfpgan_visibility, 0.5)
+        fields["GFPGAN visibility"] = f"{body.gfpgan_visibility:g}"
+    if body.codeformer_visibility > 0:
+        result = upscalers.restore_faces(result, "CodeFormer", body.codeformer_visibility, body.codeformer_weight)
+        fields["CodeFormer visibility"] = f"{body.codeformer_visibility:g}"
+        fields["CodeFormer weight"] = f"{body.codeformer_weight:g}"
+    if not fields:
         return image, ""
-
-    result = _upscaled(upscalers, image, body.upscaler_1, scale, body.upscaling_crop)
-    fields = postprocess_fields(body.upscaler_1, scale, plan)
-    if body.upscaler_2 != "None" and body.extras_upscaler_2_visibility > 0:
-        second = _upscaled(upscalers, image, body.upscaler_2, scale, body.upscaling_crop)
-        result = Image.blend(result.convert("RGB"), second.convert("RGB"), min(1.0, body.extras_upscaler_2_visibility))
-        fields["Postprocess upscaler 2"] = body.upscaler_2
-        fields["Postprocess upscaler 2 visibility"] = f"{body.extras_upscaler_2_visibility:g}"
     info = ", ".join(f"{key}: {value}" for key, value in fields.items())
     return result, f"<p>{info}</p>"
 

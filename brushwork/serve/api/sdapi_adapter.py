@@ -49,6 +49,7 @@ A1111_NAMES = {
     "hires.sampler": "hr_sampler_name", "init_image": "init_images", "inpaint_full_res": "inpaint_full_res",
     "sd_upscale.overlap": "script_args[1] (overlap)", "sd_upscale.upscaler": "script_args[2] (upscaler)",
     "sd_upscale.scale": "script_args[3] (scale)", "sd_upscale.batch_size": "batch_size",
+    "restore_faces": "restore_faces", "codeformer_weight": "override_settings.code_former_weight",
 }
 # The A1111 scripts this server runs, by A1111's name for them (the lower-cased title), per route.
 SD_UPSCALE = "sd upscale"
@@ -77,7 +78,7 @@ def sampler_name(name: str | None, scheduler: str | None) -> str:
 def check_unsupported(request: GenerationRequest) -> None:
     """Refuse A1111 features brushwork does not have, unless they are at their neutral value."""
     unsupported = {
-        "restore_faces": bool(request.restore_faces), "subseed_strength": request.subseed_strength != 0,
+        "subseed_strength": request.subseed_strength != 0,
         "refiner_checkpoint": request.refiner_checkpoint not in SAME,
         "alwayson_scripts": any(isinstance(v, dict) and v.get("args") for v in request.alwayson_scripts.values()),
     }
@@ -146,11 +147,17 @@ def sd_upscale_fields(args: list[Any], batch_size: int, tile: tuple[int, int], u
 
 
 def overrides(request: GenerationRequest, options: WebuiOptions) -> dict[str, Any]:
-    """Model, VAE, clip skip and ENSD: the request's override_settings, else the server's /options."""
+    """Model, VAE, clip skip, ENSD and the face restorer: the request's override_settings, else the server's
+    /options."""
     settings = request.override_settings or {}
     with options.lock:
         fields: dict[str, Any] = {"model": options.checkpoint, "vae": options.vae, "clip_skip": options.clip_skip,
                                   "eta_noise_seed_delta": options.other.get("eta_noise_seed_delta", 0)}
+        restorer = options.other.get("face_restoration_model", "CodeFormer")
+        codeformer_weight = options.other.get("code_former_weight", 0.5)
+    if request.restore_faces:
+        fields["restore_faces"] = str(settings.get("face_restoration_model", restorer))
+        fields["codeformer_weight"] = settings.get("code_former_weight", codeformer_weight)
     if settings.get("sd_model_checkpoint") not in (None, ""):
         fields["model"] = str(settings["sd_model_checkpoint"])
     if "sd_vae" in settings:
@@ -256,14 +263,15 @@ def info_json(job: Job) -> str:
     first = job.images[0] if job.images else None
     params = split_infotext(first.infotext)[2] if first else {}
     count = max(1, len(job.images))
-    extra = {key: value for key, value in params.items() if key.startswith(("Denoising", "Hires", "Mask", "Masked", "Inpaint", "SD upscale"))}
+    extra = {key: value for key, value in params.items() if key.startswith(("Denoising", "Hires", "Mask", "Masked", "Inpaint", "SD upscale", "CodeFormer"))}
     return json.dumps({
         "prompt": recipe.prompt, "all_prompts": [recipe.prompt] * count,
         "negative_prompt": recipe.negative_prompt, "all_negative_prompts": [recipe.negative_prompt] * count,
         "seed": seeds[0], "all_seeds": seeds, "subseed": seeds[0], "all_subseeds": seeds, "subseed_strength": 0,
         "width": first.width if first else recipe.width, "height": first.height if first else recipe.height,
         "sampler_name": recipe.sampler, "cfg_scale": recipe.cfg_scale, "steps": recipe.steps,
-        "batch_size": recipe.sd_upscale.batch_size if recipe.sd_upscale else recipe.batch_size, "restore_faces": False, "face_restoration_model": None,
+        "batch_size": recipe.sd_upscale.batch_size if recipe.sd_upscale else recipe.batch_size,
+        "restore_faces": recipe.restore_faces is not None, "face_restoration_model": recipe.restore_faces,
         "sd_model_name": params.get("Model"), "sd_model_hash": params.get("Model hash"),
         "sd_vae_name": params.get("VAE"), "sd_vae_hash": params.get("VAE hash"),
         "seed_resize_from_w": -1, "seed_resize_from_h": -1,
