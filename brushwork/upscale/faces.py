@@ -317,7 +317,8 @@ def _face_registry() -> ArchRegistry:
             )
 
     registry = ArchRegistry()
-    registry.add(*(ArchSupport.from_architecture(arch) for arch in (SizedGFPGANArch(), RestoreFormerArch(), CodeFormerArch())))
+    for architecture in (SizedGFPGANArch(), RestoreFormerArch(), CodeFormerArch()):
+        registry.add(ArchSupport.from_architecture(architecture))
     return registry
 
 
@@ -432,7 +433,7 @@ def restore_faces(
     network = cache.get(restorer.path, allow_pickle=store.allow_pickle, device=store.device, dtype=store.dtype)
     if network.architecture != restorer.name:  # running another network under this name would mislead
         right = next(kind for kind in _KINDS if kind.name == network.architecture)
-        named = f", with {right.keyword!r} in its name" if right.keyword and right.folder == restorer_folder_of(restorer) else ""
+        named = f", with {right.keyword!r} in the file name" if right.keyword else ""
         raise ModelLoadError(
             f"{restorer.path.name} is a {network.architecture} network, not {restorer.name}: "
             f"{network.architecture} weights go in the {right.folder} folder{named}"
