@@ -115,7 +115,7 @@ def find_face_restorer(name: str, store: ModelStore | None) -> FaceRestorer:
     file to place, when it has none; listing the choices for an unknown name."""
     kind = next((k for k in _KINDS if k.name.lower() == name.strip().lower()), None)
     if kind is None:
-        choices = ", ".join(r.name for r in list_face_restorers(store))
+        choices = ", ".join(k.name for k in _KINDS)
         raise ModelLoadError(f"unknown face restorer {name!r}; choose one of: {choices}")
     restorer = _restorer(kind, store)
     if restorer.path is None:
