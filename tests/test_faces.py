@@ -353,3 +353,15 @@ def test_a_missing_cascade_file_is_named(models, tmp_path, monkeypatch):
     monkeypatch.setattr(cv2.data, "haarcascades", str(tmp_path))
     with pytest.raises(ModelLoadError, match=r"haarcascade_frontalface_default\.xml, which is not in .*reinstall"):
         restore_faces(drawn_face(), "GFPGAN", ModelStore(models))
+
+
+def test_the_engines_postprocess_stage_restores_faces_when_the_recipe_asks(models):
+    from brushwork.engine.engine import Engine
+    from brushwork.recipe import Recipe
+
+    engine, image = Engine(ModelStore(models)), drawn_face()
+    assert engine.postprocess(Recipe(), image) is image
+    restored = engine.postprocess(Recipe(restore_faces="GFPGAN"), image)
+    assert restored.size == image.size and not np.array_equal(np.asarray(restored), np.asarray(image))
+    assert np.array_equal(np.asarray(restored), np.asarray(restore_faces(image, "GFPGAN", ModelStore(models))))
+    assert len(engine._face_networks) == 1  # the engine's cache holds the network for the next picture

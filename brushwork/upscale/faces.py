@@ -31,8 +31,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +42,7 @@ import torch
 from PIL import Image
 
 from brushwork.errors import BrushworkError, ModelLoadError
-from brushwork.upscale.networks import read_weights
+from brushwork.upscale.networks import NetworkCache, read_weights
 
 if TYPE_CHECKING:  # spandrel is imported on first load: importing its ~50 architectures takes a while
     from spandrel import ArchRegistry, ImageModelDescriptor
@@ -227,39 +225,11 @@ def load_face_network(
     return FaceNetwork(path=path, descriptor=descriptor, architecture=name, size=size)
 
 
-class FaceNetworkCache:
-    """The last `max_loaded` face networks loaded, by file (LRU). Owned by whoever restores repeatedly:
-    the CLI for one run, a server for its lifetime. A file changed on disk is loaded afresh; two
-    threads asking for the same network at once load it once."""
+class FaceNetworkCache(NetworkCache):
+    """`NetworkCache` for face networks: one loaded at a time unless asked for more."""
 
     def __init__(self, max_loaded: int = 1):
-        if max_loaded < 1:
-            raise ValueError("max_loaded must be at least 1")
-        self.max_loaded = max_loaded
-        self._networks: OrderedDict[tuple, FaceNetwork] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, path: Path, *, allow_pickle: bool, device: torch.device | str, dtype: torch.dtype) -> FaceNetwork:
-        """The network in `path`, loaded now or earlier."""
-        stat = path.stat()
-        # allow_pickle is part of the key: a network loaded under the opt-in is not served without it.
-        key = (path, stat.st_mtime_ns, stat.st_size, allow_pickle, str(device), dtype)
-        with self._lock:
-            if key in self._networks:
-                self._networks.move_to_end(key)
-                return self._networks[key]
-            while len(self._networks) >= self.max_loaded:  # free before loading: one network at a time
-                self._networks.popitem(last=False)
-            network = load_face_network(path, allow_pickle=allow_pickle, device=device, dtype=dtype)
-            self._networks[key] = network
-            return network
-
-    def clear(self) -> None:
-        with self._lock:
-            self._networks.clear()
-
-    def __len__(self) -> int:
-        return len(self._networks)
+        super().__init__(max_loaded, load=load_face_network)
 
 
 def gfpgan_sizes(state: Mapping[str, torch.Tensor]) -> dict[str, object]:

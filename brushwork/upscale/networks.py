@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -117,16 +117,19 @@ def load_network(
 
 class NetworkCache:
     """The last `max_loaded` networks loaded, by file (LRU). Owned by whoever upscales repeatedly:
-    the CLI for one run, a server for its lifetime. A file changed on disk is loaded afresh."""
+    the CLI for one run, a server for its lifetime. A file changed on disk is loaded afresh; two
+    threads asking for the same network at once load it once. `load` reads one file (`load_network`
+    for upscalers; faces.py passes its own)."""
 
-    def __init__(self, max_loaded: int = 2):
+    def __init__(self, max_loaded: int = 2, *, load: Callable[..., Any] | None = None):
         if max_loaded < 1:
             raise ValueError("max_loaded must be at least 1")
         self.max_loaded = max_loaded
-        self._networks: OrderedDict[tuple, Network] = OrderedDict()
+        self._load = load or load_network
+        self._networks: OrderedDict[tuple, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, path: Path, *, allow_pickle: bool, device: torch.device | str, dtype: torch.dtype) -> Network:
+    def get(self, path: Path, *, allow_pickle: bool, device: torch.device | str, dtype: torch.dtype) -> Any:
         """The network in `path`, loaded now or earlier."""
         stat = path.stat()
         # allow_pickle is part of the key: a network loaded under the opt-in is not served without it.
@@ -135,10 +138,10 @@ class NetworkCache:
             if key in self._networks:
                 self._networks.move_to_end(key)
                 return self._networks[key]
-            network = load_network(path, allow_pickle=allow_pickle, device=device, dtype=dtype)
-            self._networks[key] = network
-            while len(self._networks) > self.max_loaded:
+            while len(self._networks) >= self.max_loaded:  # free before loading: never one network too many
                 self._networks.popitem(last=False)
+            network = self._load(path, allow_pickle=allow_pickle, device=device, dtype=dtype)
+            self._networks[key] = network
             return network
 
     def clear(self) -> None:
