@@ -9,6 +9,7 @@ answers with the pictures made before the interruption, as A1111 does.
 from __future__ import annotations
 
 import base64
+import io
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,8 +254,11 @@ def wait_for(jobs: JobService, job_id: str, shutdown: threading.Event) -> Job:
 
 def sample_base64(image: Image.Image, samples: SampleSettings) -> str:
     """An extras result as A1111 answers it: in the samples format."""
-    png = base64.b64decode(png_base64(image))
-    return base64.b64encode(encode_as_sample(png, samples.samples_format, samples.jpeg_quality)).decode("ascii")
+    if samples.samples_format.lower() == "png":
+        return png_base64(image)
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    return base64.b64encode(encode_as_sample(png.getvalue(), samples.samples_format, samples.jpeg_quality)).decode("ascii")
 
 
 def save_samples(pictures: list[bytes], job: Job, samples: SampleSettings) -> None:
