@@ -93,16 +93,21 @@ def test_a_job_that_cannot_be_built_fails_alone_and_never_joins_the_group(tmp_pa
     assert pngs(tmp_path) == {image.path for image in a.images + c.images}
 
 
-def test_a_stored_recipe_that_no_longer_loads_fails_alone(tmp_path, make_recipe):
+@pytest.mark.parametrize("damage, reason", [
+    (lambda text: text.replace('"steps":2', '"steps":"two"'), "steps: Input should be a valid integer"),
+    (lambda text: text[:40], "recipe: Invalid JSON"),  # a torn write or a damaged file
+    (lambda text: "[1, 2]", "recipe: Input should be an object"),
+], ids=["another-version", "not-json", "not-an-object"])
+def test_a_stored_recipe_that_no_longer_loads_fails_alone(tmp_path, make_recipe, damage, reason):
     queue = JobQueue(tmp_path, HookedEngine())
     jobs = [queue.submit(make_recipe(prompt=prompt), "alice") for prompt in ("old", "fine")]
     with sqlite3.connect(queue.database_path) as db:  # as another version could have stored it
-        stored = jobs[0].recipe.model_dump_json().replace('"steps":2', '"steps":"two"')
-        db.execute("UPDATE jobs SET recipe = ? WHERE id = ?", (stored, jobs[0].id))
+        db.execute("UPDATE jobs SET recipe = ? WHERE id = ?", (damage(jobs[0].recipe.model_dump_json()), jobs[0].id))
+    assert queue.get(jobs[0].id).id == jobs[0].id  # still listed and shown
     queue.start()
     old, fine = settle(queue, jobs)
     queue.stop()
-    assert old.state is JobState.failed and old.error.startswith("steps: ") and "integer" in old.error
+    assert old.state is JobState.failed and old.error.startswith(reason), old.error
     assert old.started is None
     assert_made(queue, fine)
 

@@ -129,7 +129,12 @@ def stored_recipe(row: sqlite3.Row) -> Recipe:
     try:
         return Recipe.model_validate_json(row["recipe"])
     except ValidationError:
-        return Recipe.model_construct(**json.loads(row["recipe"]))
+        pass
+    try:
+        fields = json.loads(row["recipe"])
+    except ValueError:  # not JSON at all (a damaged file): shown with defaults, fails with the reason when run
+        fields = {}
+    return Recipe.model_construct(**fields) if isinstance(fields, dict) else Recipe.model_construct()
 
 
 class JobTable:
