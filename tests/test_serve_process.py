@@ -40,15 +40,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(models_dir: Path | None, data_dir: Path, port: int, log: Path) -> Iterator[subprocess.Popen]:
-    """`brushwork serve` on 127.0.0.1:port, ready to answer; stopped (if still alive) on exit. Without a
-    models folder the server paints with the embedded model."""
+def serve(models_dir: Path | None, data_dir: Path, port: int, log: Path, *options: str) -> Iterator[subprocess.Popen]:
+    """`brushwork serve` on 127.0.0.1:port with `options`, ready to answer; stopped (if still alive) on exit.
+    Without a models folder the server paints with the embedded model."""
     # One thread per process: tiny models gain nothing from more, and oversubscribed OpenMP threads on a
     # busy machine slow every step down by orders of magnitude.
     env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
                         "XDG_CACHE_HOME": str(data_dir.parent / "cache")}
     command = [sys.executable, "-m", "brushwork.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--data-dir", str(data_dir)] + (["--models-dir", str(models_dir)] if models_dir else [])
+               "--data-dir", str(data_dir), *options] + (["--models-dir", str(models_dir)] if models_dir else [])
     with open(log, "ab") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
     try:
