@@ -178,3 +178,23 @@ def test_img2img_inpaint_outpaint_and_hires_flags(tiny_checkpoint, tmp_path, cap
     assert code == 2 and "--outpaint: expected" in err
     code, _, err = _run(capsys, "generate", "x", "--model", tiny_checkpoint, "--hires-scale", 20, "-o", tmp_path / "d")
     assert code == 2 and "hires.scale" in err
+
+
+def test_restore_faces_flag_runs_the_restorer_and_is_recorded(tiny_checkpoint, tmp_path, capsys):
+    from safetensors.torch import save_file
+    from test_faces import tiny_gfpgan
+
+    models = tmp_path / "models"
+    code, _, err = _run(capsys, "generate", "x", "--model", tiny_checkpoint, "--models-dir", models,
+                        "--restore-faces", "GFPGAN", "-o", tmp_path / "o", *FAST)
+    assert code == 2 and "GFPGAN" in err and str(models / "GFPGAN") in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())  # refused before painting
+
+    (models / "GFPGAN").mkdir(parents=True)
+    save_file(tiny_gfpgan(), models / "GFPGAN" / "GFPGANv1.4.safetensors")
+    code, _, err = _run(capsys, "generate", "x", "--model", tiny_checkpoint, "--models-dir", models,
+                        "--restore-faces", "GFPGAN", "--codeformer-weight", "0.3", "-o", tmp_path / "o", *FAST)
+    assert code == 0, err
+    [made] = (tmp_path / "o").glob("*.png")
+    infotext = read_png_info(made)[0]
+    assert "Face restoration: GFPGAN" in infotext, infotext

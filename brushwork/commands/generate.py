@@ -19,6 +19,7 @@ RECIPE_FLAGS = (
     "prompt", "negative_prompt", "model", "vae", "sampler", "steps", "cfg_scale", "seed",
     "width", "height", "batch_size", "batch_count", "clip_skip", "tiling", "init_image", "denoising_strength", "resize_mode",
     "mask", "mask_blur", "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
+    "restore_faces", "codeformer_weight",
 )
 HIRES_FLAGS = {
     "hires_scale": "scale", "hires_upscaler": "upscaler", "hires_steps": "steps", "hires_strength": "denoising_strength",
@@ -43,6 +44,10 @@ def add_parser(subparsers) -> None:
     generate.add_argument("--clip-skip", dest="clip_skip", type=int, default=None)
     generate.add_argument("--tiling", action="store_const", const=True, default=None,
                           help="a seamless texture: the picture wraps around at its edges (A1111's Tiling)")
+    generate.add_argument("--restore-faces", dest="restore_faces", default=None, metavar="RESTORER",
+                          help="restore faces with CodeFormer, GFPGAN or RestoreFormer (weights in --models-dir)")
+    generate.add_argument("--codeformer-weight", dest="codeformer_weight", type=float, default=None,
+                          help="CodeFormer's fidelity, 0..1 (0: most change; default 0.5)")
     generate.add_argument("--from-png", dest="from_png", type=Path, default=None, help="re-make the picture in this PNG")
     generate.add_argument("--style", dest="styles", action="append", default=[], metavar="NAME",
                           help="merge this A1111 style into the prompts (repeat for several, applied in order)")
