@@ -1,8 +1,9 @@
 """Stage 4: the denoising loop.
 
 The loop knows only a scheduler and a `Denoiser` (`model_output = denoiser(latents, t, step)`).
-Classifier-free guidance lives in `GuidedDenoiser`, a wrapper around the U-Net; ControlNet residuals
-and LoRA will be further wrappers of the same shape, so the loop never grows branches for them.
+Classifier-free guidance lives in `GuidedDenoiser`, a wrapper around the U-Net; ControlNet, adapters and
+guidance tweaks are its extensions (engine/extensions.py), and LoRA is a weight patch on the U-Net for the
+job (models/patches), so the loop never grows branches for them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from brushwork.engine.conditioning import Conditioning, ScheduledConditioning
+from brushwork.engine.extensions import DenoiseContext, Extension, ordered
 from brushwork.errors import Cancelled
 
 
@@ -51,6 +53,7 @@ class GuidedDenoiser:
         total_timesteps: int,
         time_ids: torch.Tensor | None = None,
         image_conditioning: torch.Tensor | None = None,
+        extensions: list[Extension] = (),
     ):
         self.unet = unet
         self.positive = positive
@@ -62,6 +65,7 @@ class GuidedDenoiser:
         self.time_ids = time_ids
         # Extra input channels (inpainting models: mask + masked-image latents), one row per image.
         self.image_conditioning = image_conditioning
+        self.extensions = ordered(extensions)
 
     def __call__(self, latents: torch.Tensor, timestep: torch.Tensor, step: int) -> torch.Tensor:
         # Prompt editing counts sampling steps; second-order samplers evaluate twice per step.
@@ -74,14 +78,23 @@ class GuidedDenoiser:
             extra = torch.cat([self.image_conditioning] * len(halves))
             model_input = torch.cat([model_input, extra.to(model_input.dtype)], dim=1)
         conditionings = [c for half in halves for c in half]
-        context = torch.cat([c.context for c in conditionings])
-        output = self.unet(
-            model_input, timestep, encoder_hidden_states=context, added_cond_kwargs=self._sdxl_inputs(conditionings)
-        ).sample
-        if not self.guided:
-            return output
-        uncond, cond = output.chunk(2)
-        return uncond + self.cfg_scale * (cond - uncond)
+        context = DenoiseContext(
+            step, self.total_timesteps, timestep, latents.shape[0], len(halves), model_input,
+            {"encoder_hidden_states": torch.cat([c.context for c in conditionings]),
+             "added_cond_kwargs": self._sdxl_inputs(conditionings)},
+        )
+        active = [extension for extension in self.extensions if extension.active(context)]
+        for extension in active:
+            extension.before_unet(context)
+        context.raw = self.unet(model_input, timestep, **context.unet_kwargs).sample
+        if self.guided:
+            uncond, cond = context.raw.chunk(2)
+            context.output = uncond + self.cfg_scale * (cond - uncond)
+        else:
+            context.output = context.raw
+        for extension in active:
+            extension.after_guidance(context)
+        return context.output
 
     def _sdxl_inputs(self, conditionings: list[Conditioning]) -> dict | None:
         if self.time_ids is None:

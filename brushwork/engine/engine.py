@@ -16,7 +16,7 @@ import json
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -26,6 +26,7 @@ from brushwork.engine import latents as latent_stage
 from brushwork.engine import vae as vae_stage
 from brushwork.engine.conditioning import PromptEncoder
 from brushwork.engine.denoise import StepInfo
+from brushwork.engine.extensions import Extension, ExtensionProvider
 from brushwork.engine.hires import hires_pass
 from brushwork.engine.img2img import Source, prepare_source, working_size
 from brushwork.engine.passes import PassPlan, run_pass, steps_run
@@ -88,10 +89,15 @@ class Result:
 
 
 class Engine:
-    def __init__(self, store: ModelStore):
+    """`extension_providers` give each pass the denoiser extensions its recipes ask for (ControlNet units,
+    adapters ...); each provider is asked once per recipe and pass, and its extensions act only on that
+    recipe's pictures, also when the server groups several jobs into one batch."""
+
+    def __init__(self, store: ModelStore, extension_providers: Sequence[ExtensionProvider] = ()):
         from brushwork.upscale import FaceNetworkCache, NetworkCache
 
         self.store = store
+        self.extension_providers = list(extension_providers)
         self._upscale_networks = NetworkCache(max_loaded=1)  # super-resolution nets: hires fix, SD upscale, extras
         self._face_networks = FaceNetworkCache(max_loaded=1)
 
@@ -124,6 +130,16 @@ class Engine:
         if not recipe.restore_faces:
             return picture
         return self.restore_faces(picture, recipe.restore_faces, codeformer_weight=recipe.codeformer_weight)
+
+    def extensions(self, recipe: Recipe, components, width: int, height: int,
+                   images: Sequence[int] | None = None) -> list[Extension]:
+        """The denoiser extensions of `recipe` for a pass at width x height, acting on its `images` of the
+        batch (None: the whole batch is this recipe's)."""
+        made = [extension for provider in self.extension_providers
+                for extension in provider(recipe, components, width, height)]
+        for extension in made:
+            extension.images = None if images is None else tuple(images)
+        return made
 
     def _encode(self, components, pictures: list[Image.Image]) -> torch.Tensor:
         pixels = latent_stage.pil_to_pixels(pictures, self.store.device, self.store.dtype)
@@ -190,6 +206,7 @@ class Engine:
                         [recipe.cfg_scale] * images, [positive] * images, [negative] * images)
         if source is not None:
             self._plan_img2img(plan, recipe, source, components)
+        plan.extensions = self.extensions(recipe, components, plan.width, plan.height)
         result.timings["condition"] = time.perf_counter() - started - result.timings["load"]
         result.notes.extend(lora_notes(recipe))
 
@@ -226,7 +243,8 @@ class Engine:
                                noise_seed_delta=recipe.eta_noise_seed_delta)
             if recipe.hires is not None:
                 latents = hires_pass(components, encoder, recipe, latents, generators, seeds,
-                                     self.upscale_image, on_step=report, should_stop=should_stop)
+                                     self.upscale_image, on_step=report, should_stop=should_stop,
+                                     extensions=lambda width, height: self.extensions(recipe, components, width, height))
             result.timings["denoise"] = result.timings.get("denoise", 0.0) + time.perf_counter() - step_started
             decode_started = time.perf_counter()
             pictures = vae_stage.decode(components.vae, latents)
@@ -292,15 +310,18 @@ class Engine:
         components = model.components
         first = recipes[0]
         pairs = encoder.encode_many([(r.prompt, r.negative_prompt) for r in recipes], first.steps)
-        seeds, owners, positives, negatives, scales = [], [], [], [], []
+        seeds, owners, positives, negatives, scales, extensions = [], [], [], [], [], []
         for number, (recipe, (positive, negative)) in enumerate(zip(recipes, pairs)):
+            rows = range(len(seeds), len(seeds) + recipe.batch_size)
+            extensions += self.extensions(recipe, components, recipe.width, recipe.height, images=rows)
             for offset in range(recipe.batch_size):
                 seeds.append(recipe.seed + offset)
                 owners.append((number, offset))
                 positives.append(positive)
                 negatives.append(negative)
                 scales.append(recipe.cfg_scale)
-        plan = PassPlan(first.sampler, first.steps, first.width, first.height, scales, positives, negatives)
+        plan = PassPlan(first.sampler, first.steps, first.width, first.height, scales, positives, negatives,
+                        extensions=extensions)
 
         def report(info: StepInfo) -> None:
             if on_progress is not None:

@@ -12,6 +12,7 @@ from brushwork.engine import latents as latent_stage
 from brushwork.engine import vae as vae_stage
 from brushwork.engine.conditioning import PromptEncoder
 from brushwork.engine.denoise import StepInfo
+from brushwork.engine.extensions import Extension
 from brushwork.engine.passes import PassPlan, run_pass, steps_run
 from brushwork.errors import RecipeError
 from brushwork.models.components import Components
@@ -59,7 +60,9 @@ def hires_pass(
     *,
     on_step: Callable[[StepInfo], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    extensions: Callable[[int, int], list[Extension]] = lambda width, height: [],
 ) -> torch.Tensor:
+    """The second pass; `extensions(width, height)` gives the denoiser's extensions at the hires size."""
     hires: Hires = recipe.hires
     width, height = hires_size(recipe)
     vae = components.vae
@@ -82,6 +85,7 @@ def hires_pass(
     plan = PassPlan(
         hires.sampler or recipe.sampler, steps, width, height, [recipe.cfg_scale] * images, [positive] * images,
         [negative_conditioning] * images, strength=hires.denoising_strength, init_latents=upscaled,
+        extensions=extensions(width, height),
     )
     return run_pass(components, plan, generators, seeds, on_step=on_step, should_stop=should_stop,
                     noise_seed_delta=recipe.eta_noise_seed_delta)

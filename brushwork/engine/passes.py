@@ -5,7 +5,7 @@ Hires fix is a second pass of the same kind, so both share this code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -13,6 +13,7 @@ import torch
 from brushwork.engine import latents as latent_stage
 from brushwork.engine.conditioning import ScheduledConditioning
 from brushwork.engine.denoise import GuidedDenoiser, LatentBlend, StepInfo, sample
+from brushwork.engine.extensions import Extension
 from brushwork.engine.samplers import make_scheduler
 from brushwork.models.components import Components
 
@@ -31,6 +32,7 @@ class PassPlan:
     latent_mask: torch.Tensor | None = None  # [1, 1, h, w], 1 = repaint (inpainting)
     masked_content: str = "original"  # A1111's "masked content" for the masked area
     image_conditioning: torch.Tensor | None = None  # 9-channel inpainting models' extra inputs
+    extensions: list[Extension] = field(default_factory=list)  # the denoiser's, each for its pictures
 
 
 def steps_run(steps: int, strength: float) -> int:
@@ -85,7 +87,7 @@ def run_pass(
     denoiser = GuidedDenoiser(
         unet, plan.positive, plan.negative, plan.cfg_scale, steps=max(1, steps_run(plan.steps, plan.strength)),
         total_timesteps=len(timesteps), time_ids=_sdxl_time_ids(components, plan, device, dtype),
-        image_conditioning=_image_conditioning(components, plan, len(seeds)),
+        image_conditioning=_image_conditioning(components, plan, len(seeds)), extensions=plan.extensions,
     )
     blend = None
     if plan.latent_mask is not None and not components.inpaint:
