@@ -26,10 +26,12 @@ _LORA_KINDS = frozenset({"lora", "lyco", "lycoris"})
 
 @dataclass(frozen=True)
 class LoraRef:
-    """A LoRA named in the prompt and the multiplier to apply it with."""
+    """A LoRA named in the prompt and its multipliers: for the text encoders (`weight`, the tag's first
+    number) and for the U-Net (the second; the first when absent), as A1111's `<lora:name:te:unet>`."""
 
     name: str
     weight: float = 1.0
+    unet_weight: float | None = None
 
 
 def _lora_number(tag: str, value: str) -> float:
@@ -47,13 +49,11 @@ def _lora_ref(tag: str, args: str) -> LoraRef:
     if not name:
         raise RecipeError(f"LoRA tag {tag} has no name; write it as <lora:name> or <lora:name:0.8>")
     # As in A1111, `key=value` fields are named and the rest positional: `<lora:name:te:unet>` or `te=`/`unet=`.
-    # The text-encoder multiplier (the first number) is the weight; the UNet one is checked but not used, as a
-    # single weight drives the whole LoRA here.
     named = {key.strip(): value.strip() for key, _, value in (f.partition("=") for f in fields if "=" in f)}
     positional = [field for field in fields if "=" not in field]
-    for value in positional[1:2] + ([named["unet"]] if "unet" in named else []):
-        _lora_number(tag, value)
-    return LoraRef(name, _lora_number(tag, named.get("te", positional[0] if positional else "1")))
+    te = _lora_number(tag, named.get("te", positional[0] if positional else "1"))
+    unet = named.get("unet", positional[1] if len(positional) > 1 else None)
+    return LoraRef(name, te, None if unet is None else _lora_number(tag, unet))
 
 
 def extract_loras(prompt: str) -> tuple[str, list[LoraRef]]:

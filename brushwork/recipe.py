@@ -70,6 +70,22 @@ class Outpaint(BaseModel):
         return self
 
 
+class LoraUse(BaseModel):
+    """A LoRA (or LyCORIS) file from the models folder's Lora/ or LyCORIS/, applied for this recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=255, description="File name (without extension) below Lora/.")
+    weight: float = Field(1.0, ge=-10.0, le=10.0, description="Multiplier for the text encoders, and for the "
+                          "U-Net unless unet_weight is given (A1111's <lora:name:te:unet>).")
+    unet_weight: float | None = Field(None, ge=-10.0, le=10.0)
+
+    @property
+    def multipliers(self) -> tuple[float, float]:
+        """(text encoders, U-Net)."""
+        return self.weight, self.weight if self.unet_weight is None else self.unet_weight
+
+
 class SdUpscale(BaseModel):
     """A1111's "SD upscale" img2img script: upscale the init picture by `scale` with `upscaler`, repaint it in
     tiles of the recipe's width x height overlapping by `overlap` pixels, and blend the tiles back together."""
@@ -106,6 +122,8 @@ class Recipe(BaseModel):
     codeformer_weight: float = Field(0.5, ge=0.0, le=1.0, description="CodeFormer's fidelity (0: most change).")
     eta_noise_seed_delta: int = Field(0, ge=0, le=MAX_SEED,
                                       description="A1111's ENSD: the sampler's per-step noise is seeded seed + this.")
+    loras: list[LoraUse] = Field(default_factory=list, max_length=32,
+                                 description="LoRAs to apply, besides the prompt's <lora:name:weight> tags.")
 
     # img2img: images are a file path, a data URL or plain base64 (see brushwork.images).
     init_image: str | None = Field(None, description="The picture to start from (img2img, inpainting).")
@@ -153,6 +171,15 @@ class Recipe(BaseModel):
         if tile is not None and settings.overlap >= tile:
             raise ValueError(f"sd_upscale.overlap: {settings.overlap} must be smaller than the tile size "
                              f"(width x height = {self.width}x{self.height})")
+
+    def all_loras(self) -> list[LoraUse]:
+        """The prompt's `<lora:...>` tags, then `loras`: what the job applies (A1111 applies the prompt's tags
+        for the whole run). Tags in the negative or hires prompts are removed from the text, not applied."""
+        from brushwork.prompts import extract_loras
+
+        tags = [LoraUse(name=ref.name, weight=ref.weight, unet_weight=ref.unet_weight)
+                for ref in extract_loras(self.prompt)[1]]
+        return tags + list(self.loras)
 
     @property
     def is_img2img(self) -> bool:

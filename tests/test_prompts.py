@@ -28,9 +28,10 @@ def test_extract_loras_removes_tags_and_keeps_order():
     assert refs == [LoraRef("detail", 0.8), LoraRef("style", 1.0), LoraRef("ink", -0.5)]
 
 
-def test_extract_loras_takes_text_encoder_weight_of_te_unet_pair():
-    assert extract_loras("<lora:a:0.8:0.5>")[1] == [LoraRef("a", 0.8)]
-    assert extract_loras("<lora:a:unet=0.2:te=0.3>")[1] == [LoraRef("a", 0.3)]
+def test_extract_loras_reads_text_encoder_then_unet_multipliers():
+    assert extract_loras("<lora:a:0.8:0.5>")[1] == [LoraRef("a", 0.8, 0.5)]
+    assert extract_loras("<lora:a:unet=0.2:te=0.3>")[1] == [LoraRef("a", 0.3, 0.2)]
+    assert extract_loras("<lora:a:0.6>")[1] == [LoraRef("a", 0.6, None)]  # the U-Net takes the first number
     assert extract_loras("<LoRA: spaced name : 0.7 >")[1] == [LoraRef("spaced name", 0.7)]
 
 

@@ -35,6 +35,7 @@ from brushwork.engine.seamless import circular_padding
 from brushwork.errors import BrushworkError, RecipeError
 from brushwork.images import load_image
 from brushwork.infotext import format_infotext, recipe_extras
+from brushwork.models.patches.lora import LoraCache, LoraPatch
 from brushwork.models.store import LoadedModel, ModelStore
 from brushwork.prompts import extract_loras
 from brushwork.recipe import MAX_SEED, Recipe
@@ -98,6 +99,7 @@ class Engine:
 
         self.store = store
         self.extension_providers = list(extension_providers)
+        self.loras = LoraCache(max_loaded=16)
         self._upscale_networks = NetworkCache(max_loaded=1)  # super-resolution nets: hires fix, SD upscale, extras
         self._face_networks = FaceNetworkCache(max_loaded=1)
 
@@ -140,6 +142,21 @@ class Engine:
         for extension in made:
             extension.images = None if images is None else tuple(images)
         return made
+
+    def lora_patches(self, recipe: Recipe, components) -> list[LoraPatch]:
+        """The recipe's LoRAs, read (or taken from the cache) for these components, at their multipliers."""
+        patches = []
+        for use in recipe.all_loras():
+            path = self.store.resolve("lora", use.name)
+            lora = self.loras.get(path, components, name=use.name, allow_pickle=self.store.allow_pickle)
+            patches.append(LoraPatch(lora, *use.multipliers))
+        return patches
+
+    def _lora_hashes(self, recipe: Recipe) -> dict[str, str]:
+        """A1111's `Lora hashes: "name: hash, ..."`, one entry per LoRA file (in the order first used)."""
+        hashes = {use.name: self.store.hashes.lora_hash(self.store.resolve("lora", use.name))
+                  for use in recipe.all_loras()}
+        return {"Lora hashes": ", ".join(f"{name}: {digest}" for name, digest in hashes.items())} if hashes else {}
 
     def _encode(self, components, pictures: list[Image.Image]) -> torch.Tensor:
         pixels = latent_stage.pil_to_pixels(pictures, self.store.device, self.store.dtype)
@@ -187,11 +204,21 @@ class Engine:
             from brushwork.upscale import find_face_restorer
 
             find_face_restorer(recipe.restore_faces, self.store)  # its weights are there, before any model loads
+        check_loras(recipe, self.store)
         started = time.perf_counter()
         model = self.store.load(recipe.model, vae=recipe.vae)
         recipe = self.resolve(recipe, model)
         result.recipe = recipe
+        patches = self.lora_patches(recipe, model.components)
         result.timings["load"] = time.perf_counter() - started
+        # The LoRAs change the shared model for this job only: restored when the last picture is made, when
+        # the job fails, and when the caller stops early (closing this generator).
+        with model.components.patcher.applied(patches):
+            yield from self._generate_patched(recipe, model, result, started, on_progress, should_stop, only_batch)
+        result.timings["total"] = time.perf_counter() - started
+
+    def _generate_patched(self, recipe: Recipe, model: LoadedModel, result: Result, started: float,
+                          on_progress, should_stop, only_batch: int | None) -> Iterator[GeneratedImage]:
         components = model.components
         device, dtype = self.store.device, self.store.dtype
 
@@ -231,7 +258,6 @@ class Engine:
             pictures = [self.postprocess(recipe, picture) for picture in pictures]
             for offset, (picture, seed) in enumerate(zip(pictures, seeds)):
                 yield self._generated(recipe, model, picture, seed, batch * recipe.batch_size + offset)
-        result.timings["total"] = time.perf_counter() - started
 
     def _denoise(self, components, plan: PassPlan, recipe: Recipe, encoder: PromptEncoder | None, seeds: list[int],
                  report: Callable[[StepInfo], None], should_stop, result: Result) -> list[Image.Image]:
@@ -289,6 +315,7 @@ class Engine:
         key = groupable(recipes[0])
         if key is None or any(groupable(r) != key for r in recipes):
             raise ValueError("generate_group takes txt2img recipes with the same model, size, sampler and steps")
+        check_loras(recipes[0], self.store)
         started = time.perf_counter()
         model = self.store.load(recipes[0].model, vae=recipes[0].vae)
         resolved = [self.resolve(recipe, model) for recipe in recipes]
@@ -297,9 +324,10 @@ class Engine:
         subgroups: dict[int, list[int]] = {}
         for index, recipe in enumerate(resolved):
             subgroups.setdefault(encoder.chunk_count(recipe.prompt, recipe.negative_prompt, recipe.steps), []).append(index)
-        for members in subgroups.values():
-            self._run_group([resolved[i] for i in members], [results[i] for i in members], model, encoder,
-                            started, on_progress, should_stop)
+        with model.components.patcher.applied(self.lora_patches(resolved[0], model.components)):  # equal: groupable
+            for members in subgroups.values():
+                self._run_group([resolved[i] for i in members], [results[i] for i in members], model, encoder,
+                                started, on_progress, should_stop)
         for recipe, result in zip(resolved, results):
             result.notes.extend(lora_notes(recipe))
         for result in results:
@@ -341,12 +369,25 @@ class Engine:
             seed=seed,
             index=index,
             infotext=format_infotext(
-                recipe, seed=seed, width=recipe.width, height=recipe.height,
+                with_lora_tags(recipe), seed=seed, width=recipe.width, height=recipe.height,
                 model_name=model.name, model_hash=model.short_hash,
-                vae_name=model.vae_name, vae_hash=model.vae_short_hash, extra=recipe_extras(recipe),
+                vae_name=model.vae_name, vae_hash=model.vae_short_hash,
+                extra=recipe_extras(recipe) | self._lora_hashes(recipe),
             ),
             recipe_json=json.dumps({"brushwork": __version__, "recipe": recipe.model_dump(), "index": index}, sort_keys=True),
         )
+
+
+def with_lora_tags(recipe: Recipe) -> Recipe:
+    """The recipe as its infotext tells it: `loras` become `<lora:...>` tags at the prompt's end, so A1111 (and
+    brushwork's infotext parser) apply them when the picture's parameters are read back."""
+    if not recipe.loras:
+        return recipe
+    tags = []
+    for use in recipe.loras:
+        te, unet = use.multipliers
+        tags.append(f"<lora:{use.name}:{te:g}>" if te == unet else f"<lora:{use.name}:{te:g}:{unet:g}>")
+    return recipe.model_copy(update={"prompt": " ".join([recipe.prompt, *tags]).strip(), "loras": []})
 
 
 def check_sd_upscale(recipe: Recipe, store: ModelStore) -> None:
@@ -362,14 +403,23 @@ def check_sd_upscale(recipe: Recipe, store: ModelStore) -> None:
             raise RecipeError(f"sd_upscale.upscaler: {error} (or None: no upscale)") from None
 
 
+def check_loras(recipe: Recipe, store: ModelStore) -> None:
+    """Every LoRA the recipe names is in the models folder, before any model loads."""
+    for use in recipe.all_loras():
+        store.resolve("lora", use.name)  # a ModelLoadError says where it looked and what there is
+
+
 def lora_notes(recipe: Recipe) -> list[str]:
-    """A warning for each `<lora:...>` tag the prompt encoder removes from the recipe's prompts unapplied."""
-    texts = [recipe.prompt, recipe.negative_prompt]
+    """A warning for each `<lora:...>` tag removed unapplied: those of the negative and hires prompts (the
+    prompt's own tags apply to the whole run, hires pass included)."""
+    applied = {use.name for use in recipe.all_loras()}
+    texts = [recipe.negative_prompt]
     if recipe.hires is not None:
         texts += [recipe.hires.prompt or "", recipe.hires.negative_prompt or ""]
-    tags = [f"<lora:{ref.name}:{ref.weight:g}>" for text in texts for ref in extract_loras(text)[1]]
-    return [f"{tag} was removed from the prompt and not applied: brushwork does not apply LoRAs yet"
-            for tag in dict.fromkeys(tags)]
+    tags = [f"<lora:{ref.name}:{ref.weight:g}>" for text in texts for ref in extract_loras(text)[1]
+            if ref.name not in applied]
+    return [f"{tag} was removed from the prompt and not applied: LoRAs apply from the prompt (or `loras`) "
+            "for the whole run" for tag in dict.fromkeys(tags)]
 
 
 def groupable(recipe: Recipe) -> tuple | None:
@@ -377,5 +427,7 @@ def groupable(recipe: Recipe) -> tuple | None:
     (img2img and hires fix carry per-job pictures and passes)."""
     if recipe.is_img2img or recipe.hires is not None or recipe.sd_upscale is not None or recipe.batch_count != 1:
         return None
+    # The LoRAs patch the model for the whole batch, so only jobs with the same ones (and weights) share it.
+    loras = tuple((use.name, use.multipliers) for use in recipe.all_loras())
     return (recipe.model, recipe.vae, recipe.width, recipe.height, recipe.sampler, recipe.steps, recipe.clip_skip,
-            recipe.tiling, recipe.eta_noise_seed_delta, recipe.restore_faces, recipe.codeformer_weight)
+            recipe.tiling, recipe.eta_noise_seed_delta, recipe.restore_faces, recipe.codeformer_weight, loras)

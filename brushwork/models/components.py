@@ -8,6 +8,8 @@ from typing import Any
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from brushwork.models.patches.patcher import ModelPatcher
+
 
 @dataclass
 class Components:
@@ -26,6 +28,14 @@ class Components:
     native_size: int  # the side length, in pixels, the model was trained at
     inpaint: bool = False  # a 9-channel U-Net (latents + mask + masked-image latents)
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. left-over keys, for logging
+    # Applies a job's weight patches (LoRAs) and restores them exactly. One per set of modules: a copy made
+    # with `dataclasses.replace` (another VAE) shares it, as it shares the U-Net and text encoders.
+    patcher: ModelPatcher | None = None
+
+    def __post_init__(self) -> None:
+        if self.patcher is None:
+            names = ["text_encoder", "text_encoder_2"][: len(self.text_encoders)]
+            self.patcher = ModelPatcher({"unet": self.unet, **dict(zip(names, self.text_encoders))})
 
     @property
     def prediction_type(self) -> str:

@@ -28,6 +28,21 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def addnet_sha256(path: Path) -> str:
+    """The sha256 kohya's additional-networks extension (and A1111, for LoRAs) gives a file: of a .safetensors
+    file's tensor data only, after its JSON header, so editing the metadata keeps the hash; of the whole file
+    for other formats."""
+    if path.suffix.lower() != ".safetensors":
+        return sha256_of(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        header = int.from_bytes(handle.read(8), "little")
+        handle.seek(8 + header)
+        while block := handle.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class HashCache:
     """sha256 digests keyed by path, size and modification time, kept in one JSON file."""
 
@@ -42,21 +57,31 @@ class HashCache:
                 self._entries = {}  # a damaged cache only costs re-hashing
 
     def sha256(self, path: Path) -> str:
+        return self._digest(path, "sha256", sha256_of)
+
+    def short_hash(self, path: Path) -> str:
+        return self.sha256(path)[:10]
+
+    def lora_hash(self, path: Path) -> str:
+        """A1111's LoRA short hash (its "Lora hashes" infotext): 12 hex digits of `addnet_sha256`."""
+        return self._digest(path, "addnet", addnet_sha256)[:12]
+
+    def _digest(self, path: Path, kind: str, compute) -> str:
         path = path.resolve()
         stat = path.stat()
         stamp = {"size": stat.st_size, "mtime": stat.st_mtime}
         with self._lock:
             entry = self._entries.get(str(path))
-            if entry and entry.get("size") == stamp["size"] and entry.get("mtime") == stamp["mtime"]:
-                return entry["sha256"]
-        digest = sha256_of(path)
+            if entry and entry.get("size") == stamp["size"] and entry.get("mtime") == stamp["mtime"] and kind in entry:
+                return entry[kind]
+        digest = compute(path)
         with self._lock:
-            self._entries[str(path)] = stamp | {"sha256": digest}
+            entry = self._entries.get(str(path))
+            if not (entry and entry.get("size") == stamp["size"] and entry.get("mtime") == stamp["mtime"]):
+                entry = dict(stamp)  # the file changed: its other digests are stale
+            self._entries[str(path)] = entry | {kind: digest}
             self._save()
         return digest
-
-    def short_hash(self, path: Path) -> str:
-        return self.sha256(path)[:10]
 
     def _save(self) -> None:
         if self.file is None:

@@ -36,6 +36,8 @@ FOLDERS = {
     "embedding": "embeddings",
     "upscaler": "ESRGAN",
 }
+# Folders A1111 also reads for a kind, after the main one: LyCORIS files are LoRAs to it (since 1.5).
+MORE_FOLDERS = {"lora": ("LyCORIS",)}
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 EMBEDDED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "default-model" / "brushwork-shapes.safetensors"
 
@@ -104,10 +106,19 @@ class ModelStore:
             found.append(ModelEntry(kind, EMBEDDED_MODEL.name, EMBEDDED_MODEL, embedded=True))
         return found
 
-    def _folder_entries(self, kind: str) -> list[ModelEntry]:
+    def folders(self, kind: str) -> list[Path]:
+        """Where models of this kind live in the models folder (none without one)."""
         if self.models_dir is None:
             return []
-        folder = self.models_dir / FOLDERS[kind]
+        return [self.models_dir / name for name in (FOLDERS[kind], *MORE_FOLDERS.get(kind, ()))]
+
+    def _folder_entries(self, kind: str) -> list[ModelEntry]:
+        found = []
+        for folder in self.folders(kind):
+            found += self._entries_in(kind, folder)
+        return found
+
+    def _entries_in(self, kind: str, folder: Path) -> list[ModelEntry]:
         if not folder.is_dir():
             return []
         found = []
@@ -138,7 +149,7 @@ class ModelStore:
         if self.models_dir is None:
             places.append("no --models-dir given")
         else:
-            places.append(f"not in {self.models_dir / FOLDERS[kind]}")
+            places.append("not in " + " or ".join(str(folder) for folder in self.folders(kind)))
         if kind == "checkpoint":
             places.append("not the embedded model")
         available = ", ".join(e.name for e in entries) or "none"
@@ -224,8 +235,9 @@ class ModelStore:
         return vae.to(self.device).eval()
 
     def _display_name(self, path: Path, kind: str) -> str:
-        if self.models_dir is not None and path.is_relative_to(self.models_dir / FOLDERS[kind]):
-            return path.relative_to(self.models_dir / FOLDERS[kind]).with_suffix("").as_posix()
+        for folder in self.folders(kind):
+            if path.is_relative_to(folder):
+                return path.relative_to(folder).with_suffix("").as_posix()
         return path.stem if path.is_file() else path.name
 
 
