@@ -22,6 +22,14 @@ def layers(module: nn.Module, *, convs: bool = True) -> list[str]:
             if isinstance(layer, nn.Linear) or (convs and isinstance(layer, nn.Conv2d) and name.endswith("conv1"))]
 
 
+def file_name(prefix: str, path: str) -> str:
+    """kohya's name of a layer. CLIP's layers are `text_model.encoder...` in files, whether or not the installed
+    transformers (5 dropped that level) has it."""
+    if prefix.startswith("lora_te") and not path.startswith("text_model."):
+        path = "text_model." + path
+    return prefix + path.replace(".", "_")
+
+
 def lora_factors(rank: int = 4, alpha: float | None = 2.0, scale: float = 0.1) -> Factors:
     """kohya LoRA/LoCon: down [r, in(, kh, kw)], up [out, r(, 1, 1)], alpha."""
 
@@ -50,7 +58,7 @@ def kohya_file(components: Components, factors: Factors, *, seed: int = 0, convs
         for path in layers(module, convs=with_convs):
             shape = module.get_parameter(path + ".weight").shape
             for part, tensor in factors(shape, generator).items():
-                state[f"{prefix}{path.replace('.', '_')}.{part}"] = tensor
+                state[f"{file_name(prefix, path)}.{part}"] = tensor
     return state
 
 
@@ -60,7 +68,7 @@ def manual_merge(components: Components, state: dict[str, torch.Tensor], multipl
     merged = {}
     for prefix, name, module in (("lora_unet_", "unet", components.unet), ("lora_te_", "te", components.text_encoders[0])):
         for path in layers(module):
-            key = prefix + path.replace(".", "_")
+            key = file_name(prefix, path)
             if key + ".lora_down.weight" not in state:
                 continue
             weight = module.get_parameter(path + ".weight").detach().float()

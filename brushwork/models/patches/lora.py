@@ -37,6 +37,7 @@ _PARTS = {
     ".lora_A.weight": "down", ".lora_B.weight": "up",  # peft
     ".lora.down.weight": "down", ".lora.up.weight": "up",  # diffusers' older layout
     ".lora_linear_layer.down.weight": "down", ".lora_linear_layer.up.weight": "up",
+    ".down.weight": "down", ".up.weight": "up",  # diffusers' processor layout: `….processor.to_q_lora.down.weight`
     ".hada_w1_a": "hada_w1_a", ".hada_w1_b": "hada_w1_b", ".hada_w2_a": "hada_w2_a", ".hada_w2_b": "hada_w2_b",
     ".hada_t1": "hada_t1", ".hada_t2": "hada_t2",
     ".lokr_w1": "lokr_w1", ".lokr_w1_a": "lokr_w1_a", ".lokr_w1_b": "lokr_w1_b",

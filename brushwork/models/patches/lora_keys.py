@@ -45,8 +45,11 @@ def lora_targets(components: Components) -> dict[str, Target]:
     encoders = [(name, module) for name, module in components.patcher.modules.items() if name != "unet"]
     for prefix, (module, encoder) in zip(kohya, encoders):
         for path in _layers(encoder):
-            targets[prefix + path.replace(".", "_")] = (module, path)
-            targets[f"{module}.{path}"] = (module, path)
+            # Files name CLIP's layers `text_model.encoder.layers.N...`; transformers 5 dropped the
+            # `text_model` level from CLIPTextModel, 4.x has it.
+            named = path if path.startswith("text_model.") else "text_model." + path
+            targets[prefix + named.replace(".", "_")] = (module, path)
+            targets[f"{module}.{named}"] = (module, path)
     return targets
 
 
