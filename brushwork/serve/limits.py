@@ -88,6 +88,8 @@ def check_names(recipe: Recipe, store: ModelStore, upscalers: list[str]) -> None
         if recipe.hires.upscaler not in upscalers:
             choices = ", ".join([*LATENT_UPSCALERS, *upscalers])
             raise OverLimit(f"hires.upscaler: unknown upscaler {recipe.hires.upscaler!r}; choose one of: {choices}")
+    for use in recipe.all_loras():
+        store.resolve("lora", use.name)
     if recipe.restore_faces:
         find_face_restorer(recipe.restore_faces, store)
     if recipe.sd_upscale is not None and not is_no_upscaler(recipe.sd_upscale.upscaler):
