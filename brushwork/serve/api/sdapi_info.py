@@ -16,6 +16,7 @@ from fastapi import APIRouter, Body
 from brushwork.engine.hires import LATENT_UPSCALERS
 from brushwork.engine.samplers import SAMPLERS
 from brushwork.errors import BrushworkError
+from brushwork.models.single_file import read_metadata
 from brushwork.models.store import ModelEntry, ModelStore
 from brushwork.output import SAMPLE_FORMATS
 from brushwork.recipe import MAX_SEED
@@ -56,12 +57,27 @@ def sd_vae(store: Store) -> list[SDVaeItem]:
 
 @router.get("/loras", response_model=list[LoraItem])
 def loras(store: Store) -> list[LoraItem]:
-    """The Lora folder; use one with A1111's prompt tag `<lora:name:weight>`."""
+    """The Lora and LyCORIS folders (subfolders included); use one with A1111's prompt tag `<lora:name:weight>`.
+    As A1111: `name` is the file's name without extension, `alias` its kohya `ss_output_name` (else the name),
+    `metadata` the file's safetensors metadata with JSON values decoded."""
     items = []
     for entry in store.entries("lora"):
-        name = Path(entry.name).with_suffix("").as_posix()
-        items.append(LoraItem(name=name, alias=Path(name).name, path=str(entry.path)))
+        name = Path(entry.name).stem
+        metadata = {key: _decoded(value) for key, value in read_metadata(entry.path).items()}
+        alias = metadata.get("ss_output_name")
+        items.append(LoraItem(name=name, alias=alias if isinstance(alias, str) and alias else name,
+                              path=str(entry.path), metadata=metadata))
     return items
+
+
+def _decoded(value: str) -> Any:
+    """kohya stores tag frequencies and bucket sizes as JSON text; A1111 hands them out decoded."""
+    if value[:1] in "{[":
+        try:
+            return json.loads(value)
+        except ValueError:
+            pass
+    return value
 
 
 @router.get("/samplers", response_model=list[SamplerItem])
