@@ -198,3 +198,37 @@ def test_restore_faces_flag_runs_the_restorer_and_is_recorded(tiny_checkpoint, t
     [made] = (tmp_path / "o").glob("*.png")
     infotext = read_png_info(made)[0]
     assert "Face restoration: GFPGAN" in infotext, infotext
+
+
+def test_lora_flag_equals_the_prompt_tag_and_from_png_remakes_it(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from tiny_loras import kohya_file, lora_factors
+
+    models = tmp_path / "models"
+    (models / "Stable-diffusion").mkdir(parents=True)
+    components = write_tiny_checkpoint("sd1", models / "Stable-diffusion" / "tiny.safetensors")
+    (models / "Lora").mkdir()
+    save_file(kohya_file(components, lora_factors(), seed=1), models / "Lora" / "ink.safetensors")
+    common = ["--models-dir", models, "--model", "tiny", "--seed", "5", *FAST]
+    code, _, err = _run(capsys, "generate", "a circle", "--lora", "ink:0.7:0.4", "-o", tmp_path / "flag", *common)
+    assert code == 0, err
+    code, _, err = _run(capsys, "generate", "a circle <lora:ink:0.7:0.4>", "-o", tmp_path / "tag", *common)
+    assert code == 0, err
+    [flag], [tag] = (tmp_path / "flag").glob("*.png"), (tmp_path / "tag").glob("*.png")
+    assert np.array_equal(np.asarray(Image.open(flag)), np.asarray(Image.open(tag)))
+    code, _, err = _run(capsys, "generate", "a circle", "-o", tmp_path / "plain", *common)
+    [plain] = (tmp_path / "plain").glob("*.png")
+    assert not np.array_equal(np.asarray(Image.open(plain)), np.asarray(Image.open(tag)))
+
+    code, _, err = _run(capsys, "generate", "--from-png", flag, "--models-dir", models, "-o", tmp_path / "again",
+                        "--no-progress")
+    assert code == 0, err
+    [again] = (tmp_path / "again").glob("*.png")
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(flag)))  # bit for bit
+    assert 'Lora hashes: "ink: ' in read_png_info(again)[0]
+
+    code, _, err = _run(capsys, "generate", "x", "--lora", "ink:heavy", "-o", tmp_path / "bad", *common)
+    assert code == 2 and "--lora: expected NAME" in err
+    code, _, err = _run(capsys, "generate", "x", "--lora", "nothing", "-o", tmp_path / "bad", *common)
+    assert code == 2 and "'nothing' not found" in err and "ink.safetensors" in err

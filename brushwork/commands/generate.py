@@ -44,6 +44,9 @@ def add_parser(subparsers) -> None:
     generate.add_argument("--clip-skip", dest="clip_skip", type=int, default=None)
     generate.add_argument("--tiling", action="store_const", const=True, default=None,
                           help="a seamless texture: the picture wraps around at its edges (A1111's Tiling)")
+    generate.add_argument("--lora", dest="loras", action="append", default=[], metavar="NAME[:WEIGHT[:UNET_WEIGHT]]",
+                          help="apply a LoRA from --models-dir's Lora/ (or a file path); repeat for more; "
+                               "same as <lora:NAME:WEIGHT> in the prompt")
     generate.add_argument("--restore-faces", dest="restore_faces", default=None, metavar="RESTORER",
                           help="restore faces with CodeFormer, GFPGAN or RestoreFormer (weights in --models-dir)")
     generate.add_argument("--codeformer-weight", dest="codeformer_weight", type=float, default=None,
@@ -97,6 +100,8 @@ def recipe_from_args(args: argparse.Namespace) -> tuple[Recipe, int | None]:
         hires["resize_width"], hires["resize_height"] = _parse_size(args.hires_resize)
     if hires:
         given["hires"] = hires
+    if args.loras:
+        given["loras"] = [_parse_lora(text) for text in args.loras]
     if args.from_png is None:
         if "prompt" not in given and not args.styles:
             raise BrushworkError("give a prompt, e.g. brushwork generate \"a red circle on a blue background\"")
@@ -122,6 +127,26 @@ def _parse_sides(text: str) -> dict[str, int]:
             raise BrushworkError(f"--outpaint: expected e.g. 'left=128,bottom=64', got {text!r}")
         sides[side] = int(amount)
     return sides
+
+
+def _parse_lora(text: str) -> dict[str, object]:
+    name, *weights = text.split(":")
+    if not name or len(weights) > 2 or not all(_is_number(weight) for weight in weights):
+        raise BrushworkError(f"--lora: expected NAME, NAME:WEIGHT or NAME:WEIGHT:UNET_WEIGHT, got {text!r}")
+    fields: dict[str, object] = {"name": name}
+    if weights:
+        fields["weight"] = float(weights[0])
+    if len(weights) > 1:
+        fields["unet_weight"] = float(weights[1])
+    return fields
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _parse_size(text: str) -> tuple[int, int]:
