@@ -21,10 +21,12 @@ from typing import Iterator
 from urllib.parse import urlsplit
 
 import pytest
+from safetensors.torch import save_file
 
 from brushwork.models.store import ModelStore
 from brushwork.serve.app import create_app
 from brushwork.serve.settings import Limits, Settings
+from tiny_loras import kohya_file, lora_factors
 from tiny_models import write_tiny_checkpoint
 
 import uvicorn  # noqa: E402
@@ -71,7 +73,9 @@ def server(tmp_path_factory, server_connections) -> Iterator[tuple[str, object]]
 
     root = tmp_path_factory.mktemp("ui-browser")
     (root / "models" / "Stable-diffusion").mkdir(parents=True)
-    write_tiny_checkpoint("sd1", root / "models" / "Stable-diffusion" / "tiny.safetensors")
+    components = write_tiny_checkpoint("sd1", root / "models" / "Stable-diffusion" / "tiny.safetensors")
+    (root / "models" / "Lora").mkdir()
+    save_file(kohya_file(components, lora_factors(), seed=1), root / "models" / "Lora" / "ink.safetensors")
     settings = Settings(models_dir=root / "models", data_dir=root / "data", basic_auth={USER: PASSWORD},
                         limits=Limits(max_pixels=256 * 256, max_steps=60, max_batch=4, max_image_side=512))
     app = create_app(settings, store=ModelStore(root / "models", hash_cache=root / "hashes.json"), ui=mount)
@@ -167,3 +171,33 @@ def test_txt2img_in_the_browser_offline(server, browser, server_connections):
 
     assert outside == [], f"the page asked for things outside 127.0.0.1: {outside}"
     assert server_connections == [], f"the server connected outside 127.0.0.1: {server_connections}"
+
+
+def test_lora_picker_adds_the_tag_and_the_job_applies_it(server, browser):
+    base_url, app = server
+    context = browser.new_context(viewport={"width": 1400, "height": 1000},
+                                  http_credentials={"username": USER, "password": PASSWORD})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    try:
+        page.goto(base_url + "/", wait_until="load")
+        prompt = page.locator("#txt2img-prompt textarea")
+        prompt.fill("a red circle")
+        page.locator("#txt2img-lora input").click()
+        page.get_by_role("option", name="ink").click()
+        sync_api.expect(prompt).to_have_value("a red circle <lora:ink:1>")
+        sync_api.expect(page.locator("#txt2img-lora input")).to_have_value("")  # ready for the next one
+        for name, value in (("steps", "2"), ("width", "64"), ("height", "64")):
+            box = page.locator(f"#txt2img-{name} input[type=number]")
+            box.fill(value)
+            box.press("Enter")
+        page.locator("#txt2img-generate").click()
+        status = page.locator("#txt2img-progress")
+        sync_api.expect(status).to_have_text(re.compile(r"^\s*(Done|Error|Cancelled)"), timeout=TIMEOUT_MS)
+        assert status.inner_text().strip().startswith("Done: 1 picture"), status.inner_text()
+        sync_api.expect(page.locator("#txt2img-info textarea")).to_have_value(re.compile(r'Lora hashes: "ink: '))
+        page.screenshot(path=str(ARTIFACTS / "ui-lora.png"), full_page=True)
+    finally:
+        context.close()
+    latest = app.state.jobs.gallery()[0]
+    assert latest.infotext.startswith("a red circle <lora:ink:1>")

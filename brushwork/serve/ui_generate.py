@@ -105,6 +105,7 @@ def generation_tab(studio: Studio, browser: gr.BrowserState, kind: str) -> Gener
                 interrupt = gr.Button("Interrupt", size="sm", elem_id=f"{kind}-interrupt")
                 skip = gr.Button("Skip", size="sm", elem_id=f"{kind}-skip")
             _style_picker(studio, c, kind)
+            _lora_picker(studio, c, kind)
     with gr.Row():
         with gr.Column(scale=1):
             if kind == "img2img":
@@ -222,6 +223,23 @@ def _style_picker(studio: Studio, c: dict[str, Any], kind: str) -> None:
         return gr.Dropdown(choices=names, value=[name for name in chosen or [] if name in names], info=note)
 
     refresh.click(reload, inputs=c["styles"], outputs=c["styles"], show_progress="hidden")
+
+
+def _lora_picker(studio: Studio, c: dict[str, Any], kind: str) -> None:
+    """A1111's LoRA cards, as a list: choosing one adds its `<lora:name:1>` tag to the prompt (edit the weight
+    there), and the list is ready for the next one."""
+    with gr.Row():
+        picker = gr.Dropdown(studio.loras(), value=None, label="LoRA", scale=4, elem_id=f"{kind}-lora",
+                             info=None if studio.loras() else "no LoRAs: add files to the models folder's Lora/")
+        refresh = gr.Button("↻", elem_classes="bw-tool", scale=0, elem_id=f"{kind}-lora-refresh")
+
+    def insert(name: str | None, prompt: str) -> tuple[Any, str]:
+        if not name:
+            return gr.Dropdown(value=None), prompt
+        return gr.Dropdown(value=None), f"{prompt.rstrip()} <lora:{name}:1>".lstrip()
+
+    picker.input(insert, inputs=[picker, c["prompt"]], outputs=[picker, c["prompt"]], show_progress="hidden")
+    refresh.click(lambda: gr.Dropdown(choices=studio.loras(), value=None), outputs=picker, show_progress="hidden")
 
 
 def style_choices(studio: Studio) -> tuple[list[str], str | None]:

@@ -48,6 +48,10 @@ class Studio:
     def checkpoints(self) -> list[str]:
         return [entry.name for entry in self.store.entries("checkpoint")]
 
+    def loras(self) -> list[str]:
+        """The names `<lora:name:weight>` takes: file names without extension, from Lora/ and LyCORIS/."""
+        return list(dict.fromkeys(Path(entry.name).stem for entry in self.store.entries("lora")))
+
     def vaes(self) -> list[str]:
         return [entry.name for entry in self.store.entries("vae")]
 
