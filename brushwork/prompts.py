@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Union
 
 from brushwork.errors import RecipeError
@@ -319,10 +319,17 @@ def _attention_fragments(text: str) -> list[tuple[str, float, bool]]:
 
 @dataclass
 class PromptChunk:
-    """One text-encoder pass: `chunk_length + 2` token ids and the emphasis multiplier of each."""
+    """One text-encoder pass: `chunk_length + 2` token ids and the emphasis multiplier of each; `fixes` are
+    the textual-inversion embeddings in it: (position of its first vector, its name)."""
 
     tokens: list[int]
     weights: list[float]
+    fixes: list[tuple[int, str]] = field(default_factory=list)
+
+
+# Finds an embedding name at tokens[offset]: (tokens the name spans, vectors it stands for, its name) or None.
+EmbeddingFinder = Callable[[list[int], int], Union[tuple[int, int, str], None]]
+EMBEDDING_PLACEHOLDER = 0  # the id held where an embedding's vectors go; the vectors replace its encoding
 
 
 def build_chunks(
@@ -335,6 +342,7 @@ def build_chunks(
     comma_id: int | None,
     chunk_length: int = 75,
     comma_backtrack: int = 20,
+    find_embedding: EmbeddingFinder | None = None,
 ) -> list[PromptChunk]:
     """Split a prompt of any length into weighted chunks of `chunk_length` tokens, as A1111 does.
 
@@ -347,6 +355,10 @@ def build_chunks(
     `padding="max_length"` output, which is what diffusers feeds CLIP. A1111 pads with EOS before the final EOS
     and, when the pad id differs (OpenCLIP, pad 0), overwrites everything after the first EOS with it, so this
     layout matches A1111 too, for `pad_id == eos_id` (CLIP ViT-L) and otherwise. BOS, EOS and pads weigh 1.0.
+
+    `find_embedding` spots textual-inversion names among the tokens: each one takes as many places as it has
+    vectors, with its fragment's weight, and is never split between two chunks (it starts the next one when it
+    does not fit), as in A1111.
     """
     if chunk_length < 1 or comma_backtrack < 0:
         raise ValueError(f"need chunk_length >= 1 and comma_backtrack >= 0, got {chunk_length}, {comma_backtrack}")
@@ -360,29 +372,46 @@ def build_chunks(
     chunks: list[PromptChunk] = []
     tokens: list[int] = []
     weights: list[float] = []
+    fixes: list[tuple[int, str]] = []
     last_comma = -1  # index of the latest comma in the current chunk
 
     def finish_chunk() -> None:
-        nonlocal tokens, weights, last_comma
+        nonlocal tokens, weights, fixes, last_comma
         padding = [pad_id] * (chunk_length - len(tokens))
-        chunks.append(PromptChunk([bos_id, *tokens, eos_id, *padding], [1.0, *weights, 1.0] + [1.0] * len(padding)))
-        tokens, weights, last_comma = [], [], -1
+        chunks.append(PromptChunk([bos_id, *tokens, eos_id, *padding], [1.0, *weights, 1.0] + [1.0] * len(padding),
+                                  [(position + 1, name) for position, name in fixes]))  # + 1: after BOS
+        tokens, weights, fixes, last_comma = [], [], [], -1
 
     for _, weight, is_break in fragments:
         if is_break:
             finish_chunk()
             continue
-        for token in next(next_tokens):
+        fragment_tokens = next(next_tokens)
+        offset = 0
+        while offset < len(fragment_tokens):
+            found = find_embedding(fragment_tokens, offset) if find_embedding is not None else None
+            if found is not None:
+                span, count, name = found
+                if len(tokens) + count > chunk_length:
+                    finish_chunk()
+                fixes.append((len(tokens), name))
+                tokens += [EMBEDDING_PLACEHOLDER] * count
+                weights += [weight] * count
+                offset += span
+                continue
+            token = fragment_tokens[offset]
+            offset += 1
             full = len(tokens) == chunk_length
             if full:
                 # A comma arriving on a full chunk is itself a clean cut; otherwise cut after a recent comma.
                 cut = chunk_length
                 if token != comma_id and last_comma >= 0 and chunk_length - last_comma <= comma_backtrack:
                     cut = last_comma + 1
-                carried = tokens[cut:], weights[cut:]
+                carried = tokens[cut:], weights[cut:], [(position - cut, name) for position, name in fixes if position >= cut]
                 del tokens[cut:], weights[cut:]
+                fixes[:] = [(position, name) for position, name in fixes if position < cut]
                 finish_chunk()
-                tokens, weights = carried
+                tokens, weights, fixes = carried
             if token == comma_id and not full:
                 # As in A1111, the comma that opens a new chunk is not remembered as a place to cut.
                 last_comma = len(tokens)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from brushwork.engine.embeddings import Embedding, EmbeddingMatcher, vectors_hook
 from brushwork.models.components import Components
 from brushwork.prompts import PromptChunk, build_chunks, extract_loras, get_schedule
 
@@ -38,12 +39,15 @@ class ScheduledConditioning:
 class PromptEncoder:
     """Encodes prompts for one model and one CLIP-skip setting; caches per prompt text within a job."""
 
-    def __init__(self, components: Components, clip_skip: int, device: torch.device, dtype: torch.dtype):
+    def __init__(self, components: Components, clip_skip: int, device: torch.device, dtype: torch.dtype,
+                 embeddings: dict[str, Embedding] | None = None):
         self.components = components
         self.clip_skip = clip_skip
         self.device = device
         self.dtype = dtype
+        self.embeddings = embeddings or {}  # textual inversions that fit this model, by name
         self._cache: dict[str, Conditioning] = {}
+        self._matchers: dict[int, EmbeddingMatcher] = {}
 
     def encode_pair(self, positive: str, negative: str, steps: int) -> tuple[ScheduledConditioning, ScheduledConditioning]:
         """Both prompts' schedules, every entry padded to the same chunk count so they batch for CFG."""
@@ -77,22 +81,37 @@ class PromptEncoder:
         texts = {text for prompt in pairs for _, text in get_schedule(prompt, steps)}
         return max(len(self._chunks(text)[0]) for text in texts)
 
+    def embeddings_in(self, texts: list[str], steps: int) -> list[Embedding]:
+        """The textual inversions these prompts use (any step of their schedules), in order of appearance."""
+        if not self.embeddings:
+            return []
+        names = [name for text in texts for _, scheduled in get_schedule(without_loras(text), steps)
+                 for chunk in self._chunks(scheduled)[0] for _, name in chunk.fixes]
+        return [self.embeddings[name] for name in dict.fromkeys(names)]
+
     # -- chunking ---------------------------------------------------------------------------------
 
     def _chunks(self, text: str) -> list[list[PromptChunk]]:
         """The prompt's chunks for each tokenizer (SDXL's two differ only in their padding id)."""
         result = []
-        for tokenizer in self.components.tokenizers:
+        for index, tokenizer in enumerate(self.components.tokenizers):
             # One lookup, not get_vocab(): copying the 49,408-entry vocabulary cost ~10 ms per prompt.
             comma_id = tokenizer.convert_tokens_to_ids(",</w>")
+
+            def tokenize(pieces: list[str], tok=tokenizer) -> list[list[int]]:
+                return tok(pieces, add_special_tokens=False, truncation=False).input_ids
+
+            if self.embeddings and index not in self._matchers:
+                self._matchers[index] = EmbeddingMatcher(self.embeddings, tokenize)
             result.append(
                 build_chunks(
                     text,
-                    lambda pieces, tok=tokenizer: tok(pieces, add_special_tokens=False, truncation=False).input_ids,
+                    tokenize,
                     bos_id=tokenizer.bos_token_id,
                     eos_id=tokenizer.eos_token_id,
                     pad_id=tokenizer.pad_token_id,
                     comma_id=None if comma_id == tokenizer.unk_token_id else comma_id,
+                    find_embedding=self._matchers.get(index),
                 )
             )
         return result
@@ -106,14 +125,14 @@ class PromptEncoder:
 
     @torch.no_grad()
     def _encode(self, per_tokenizer: list[list[PromptChunk]], zeroed: bool) -> Conditioning:
-        key = repr([[c.tokens + c.weights for c in chunks] for chunks in per_tokenizer]) + str(zeroed)
+        key = repr([[(c.tokens, c.weights, c.fixes) for c in chunks] for chunks in per_tokenizer]) + str(zeroed)
         if key in self._cache:
             return self._cache[key]
         contexts, pooled = [], None
-        for encoder, chunks in zip(self.components.text_encoders, per_tokenizer):
+        for index, (encoder, chunks) in enumerate(zip(self.components.text_encoders, per_tokenizer)):
             ids = torch.tensor([c.tokens for c in chunks], device=self.device)
             weights = torch.tensor([c.weights for c in chunks], device=self.device, dtype=torch.float32)
-            output = encoder(ids, output_hidden_states=True)
+            output = self._run_encoder(encoder, index, ids, chunks)
             hidden = self._pick_layer(encoder, output)
             contexts.append(_apply_emphasis(hidden.float(), weights))
             if hasattr(output, "text_embeds"):
@@ -126,6 +145,20 @@ class PromptEncoder:
             conditioning = Conditioning(torch.zeros_like(conditioning.context), torch.zeros_like(conditioning.pooled))
         self._cache[key] = conditioning
         return conditioning
+
+    def _run_encoder(self, encoder, index: int, ids: torch.Tensor, chunks: list[PromptChunk]):
+        """The text encoder on these chunks, with each embedding's vectors in the places the chunks keep for
+        them (a hook for this one call: the encoder itself never changes)."""
+        rows = {row: [(position, self.embeddings[name].vectors[index].to(self.device)) for position, name in c.fixes]
+                for row, c in enumerate(chunks) if c.fixes}
+        if not rows:
+            return encoder(ids, output_hidden_states=True)
+        layer = getattr(encoder, "text_model", encoder).embeddings.token_embedding
+        handle = layer.register_forward_hook(vectors_hook(rows))
+        try:
+            return encoder(ids, output_hidden_states=True)
+        finally:
+            handle.remove()
 
     def _pick_layer(self, encoder, output) -> torch.Tensor:
         """A1111's CLIP skip: layer `-clip_skip` of the text model, through the final layer norm.

@@ -26,6 +26,7 @@ from brushwork.engine import latents as latent_stage
 from brushwork.engine import vae as vae_stage
 from brushwork.engine.conditioning import PromptEncoder
 from brushwork.engine.denoise import StepInfo
+from brushwork.engine.embeddings import EmbeddingLibrary
 from brushwork.engine.extensions import Extension, ExtensionProvider
 from brushwork.engine.hires import hires_pass
 from brushwork.engine.img2img import Source, prepare_source, working_size
@@ -100,6 +101,8 @@ class Engine:
         self.store = store
         self.extension_providers = list(extension_providers)
         self.loras = LoraCache(max_loaded=16)
+        self.embeddings = EmbeddingLibrary(lambda: [entry.path for entry in store.entries("embedding")],
+                                           allow_pickle=store.allow_pickle)
         self._upscale_networks = NetworkCache(max_loaded=1)  # super-resolution nets: hires fix, SD upscale, extras
         self._face_networks = FaceNetworkCache(max_loaded=1)
 
@@ -151,6 +154,22 @@ class Engine:
             lora = self.loras.get(path, components, name=use.name, allow_pickle=self.store.allow_pickle)
             patches.append(LoraPatch(lora, *use.multipliers))
         return patches
+
+    def _prompt_encoder(self, components, clip_skip: int) -> PromptEncoder:
+        """The job's prompt encoder, with the embeddings folder's textual inversions that fit the model."""
+        widths = [encoder.config.hidden_size for encoder in components.text_encoders]
+        return PromptEncoder(components, clip_skip, self.store.device, self.store.dtype,
+                             embeddings=self.embeddings.for_model(widths))
+
+    def _ti_hashes(self, recipe: Recipe, encoder: PromptEncoder) -> dict[str, str]:
+        """A1111's `TI hashes: "name: hash, ..."` for the textual inversions the recipe's prompts use."""
+        texts = [recipe.prompt, recipe.negative_prompt]
+        if recipe.hires is not None:
+            texts += [recipe.hires.prompt or "", recipe.hires.negative_prompt or ""]
+        used = encoder.embeddings_in(texts, recipe.steps)
+        if not used:
+            return {}
+        return {"TI hashes": ", ".join(f"{e.name}: {self.store.hashes.sha256(e.path)[:12]}" for e in used)}
 
     def _lora_hashes(self, recipe: Recipe) -> dict[str, str]:
         """A1111's `Lora hashes: "name: hash, ..."`, one entry per LoRA file (in the order first used)."""
@@ -225,7 +244,7 @@ class Engine:
         upscaling = recipe.sd_upscale is not None  # SD upscale: the init picture is split into tiles, not resized
         source = prepare_source(recipe, recipe.width, recipe.height) if recipe.is_img2img and not upscaling else None
         result.notes.extend(source.notes if source else [])
-        encoder = PromptEncoder(components, recipe.clip_skip, device, dtype)
+        encoder = self._prompt_encoder(components, recipe.clip_skip)
         first_steps = steps_run(recipe.steps, recipe.denoising_strength) if recipe.is_img2img else recipe.steps
         positive, negative = encoder.encode_pair(recipe.prompt, recipe.negative_prompt, max(1, first_steps))
         images = recipe.batch_size
@@ -257,7 +276,7 @@ class Engine:
                 pictures = [source.finish(picture) for picture in pictures]
             pictures = [self.postprocess(recipe, picture) for picture in pictures]
             for offset, (picture, seed) in enumerate(zip(pictures, seeds)):
-                yield self._generated(recipe, model, picture, seed, batch * recipe.batch_size + offset)
+                yield self._generated(recipe, model, picture, seed, batch * recipe.batch_size + offset, encoder)
 
     def _denoise(self, components, plan: PassPlan, recipe: Recipe, encoder: PromptEncoder | None, seeds: list[int],
                  report: Callable[[StepInfo], None], should_stop, result: Result) -> list[Image.Image]:
@@ -319,7 +338,7 @@ class Engine:
         started = time.perf_counter()
         model = self.store.load(recipes[0].model, vae=recipes[0].vae)
         resolved = [self.resolve(recipe, model) for recipe in recipes]
-        encoder = PromptEncoder(model.components, resolved[0].clip_skip, self.store.device, self.store.dtype)
+        encoder = self._prompt_encoder(model.components, resolved[0].clip_skip)
         results = [Result(recipe=recipe) for recipe in resolved]
         subgroups: dict[int, list[int]] = {}
         for index, recipe in enumerate(resolved):
@@ -361,9 +380,10 @@ class Engine:
             pictures = vae_stage.decode(components.vae, latents)
         pictures = [self.postprocess(first, picture) for picture in pictures]
         for picture, seed, (number, offset) in zip(pictures, seeds, owners):
-            results[number].images.append(self._generated(recipes[number], model, picture, seed, offset))
+            results[number].images.append(self._generated(recipes[number], model, picture, seed, offset, encoder))
 
-    def _generated(self, recipe: Recipe, model: LoadedModel, picture: Image.Image, seed: int, index: int) -> GeneratedImage:
+    def _generated(self, recipe: Recipe, model: LoadedModel, picture: Image.Image, seed: int, index: int,
+                   encoder: PromptEncoder) -> GeneratedImage:
         return GeneratedImage(
             image=picture,
             seed=seed,
@@ -372,7 +392,7 @@ class Engine:
                 with_lora_tags(recipe), seed=seed, width=recipe.width, height=recipe.height,
                 model_name=model.name, model_hash=model.short_hash,
                 vae_name=model.vae_name, vae_hash=model.vae_short_hash,
-                extra=recipe_extras(recipe) | self._lora_hashes(recipe),
+                extra=recipe_extras(recipe) | self._ti_hashes(recipe, encoder) | self._lora_hashes(recipe),
             ),
             recipe_json=json.dumps({"brushwork": __version__, "recipe": recipe.model_dump(), "index": index}, sort_keys=True),
         )

@@ -113,6 +113,17 @@ def _existing_file(path: str | os.PathLike[str]) -> Path:
 
 
 def _read_pickle(path: Path, allow_pickle: bool) -> StateDict:
+    data = read_pickled(path, allow_pickle=allow_pickle)
+    while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):  # Lightning wraps the weights
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path.name} does not hold a state dict")
+    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+
+
+def read_pickled(path: Path, *, allow_pickle: bool) -> Any:
+    """What a pickle file (.ckpt, .pt, .bin) holds, only with the opt-in and then with `weights_only=True`
+    (tensors and plain data; nothing that runs code)."""
     if not allow_pickle:
         raise ModelLoadError(
             f"{path.name} is a pickle checkpoint, which can run code when opened; pass --allow-pickle to open it "
@@ -132,11 +143,7 @@ def _read_pickle(path: Path, allow_pickle: bool) -> StateDict:
         raise ModelLoadError(
             f"{path} is not a readable checkpoint: {err}; the file may be incomplete or corrupt"
         ) from err
-    while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):  # Lightning wraps the weights
-        data = data["state_dict"]
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path.name} does not hold a state dict")
-    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    return data
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -200,6 +200,11 @@ class ModelStore:
             self._loaded[key] = model
             return model
 
+    def last_loaded(self) -> LoadedModel | None:
+        """The model in memory that was used last, without loading anything."""
+        with self._lock:
+            return next(reversed(self._loaded.values()), None)
+
     def unload_all(self) -> None:
         """Free every loaded model (A1111's unload-checkpoint); jobs running keep theirs until they end."""
         with self._lock:

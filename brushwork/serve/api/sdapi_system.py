@@ -18,6 +18,7 @@ import torch
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 
+from brushwork.engine.embeddings import load_embedding
 from brushwork.errors import BrushworkError
 from brushwork.serve.api.sdapi_schemas import (
     EmbeddingItem,
@@ -81,9 +82,21 @@ def memory() -> MemoryResponse:
 
 @router.get("/embeddings", response_model=EmbeddingsResponse)
 def embeddings(store: Store) -> EmbeddingsResponse:
-    """The embeddings folder. brushwork does not apply textual inversions yet, so every file is "skipped"."""
-    skipped = {Path(entry.name).stem: _embedding_item(entry.path) for entry in store.entries("embedding")}
-    return EmbeddingsResponse(loaded={}, skipped=skipped)
+    """The embeddings folder's textual inversions: `loaded` are those that fit the checkpoint in memory (all
+    readable ones while none is loaded), `skipped` those made for another family, or that cannot be read
+    (a pickle without --allow-pickle, a damaged file), with no shape."""
+    model = store.last_loaded()
+    widths = [encoder.config.hidden_size for encoder in model.components.text_encoders] if model else None
+    loaded, skipped = {}, {}
+    for entry in store.entries("embedding"):
+        try:
+            embedding = load_embedding(entry.path, allow_pickle=store.allow_pickle)
+        except BrushworkError:
+            skipped[entry.path.stem] = EmbeddingItem(shape=0, vectors=0)
+            continue
+        item = EmbeddingItem(shape=embedding.vectors[-1].shape[-1], vectors=embedding.count)
+        (loaded if widths is None or embedding.fits(widths) else skipped)[embedding.name] = item
+    return EmbeddingsResponse(loaded=loaded, skipped=skipped)
 
 
 @router.get("/hypernetworks", response_model=list[HypernetworkItem])
@@ -187,20 +200,3 @@ def _control(request: Request, settings, action: str) -> None:
     if control is None:
         raise HTTPException(409, f"server-{action}: this app was not started by brushwork serve")
     control(action)
-
-
-def _embedding_item(path: Path) -> EmbeddingItem:
-    """Shape and vector count from a safetensors embedding's tensor header; 0 where the file does not say."""
-    shape = vectors = 0
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), "pt") as handle:
-                keys = list(handle.keys())
-                if keys:
-                    dims = handle.get_slice(keys[0]).get_shape()
-                    vectors, shape = (dims[0], dims[-1]) if len(dims) > 1 else (1, dims[0])
-        except (OSError, SafetensorError):
-            pass  # a broken file is still listed, with no shape
-    return EmbeddingItem(shape=shape, vectors=vectors)
