@@ -232,7 +232,7 @@ def test_listings(client):
     loras = client.get("/sdapi/v1/loras").json()
     assert [(lora["name"], lora["alias"]) for lora in loras] == [("ink-style", "ink-style")]
     assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": ["sd upscale"]}
-    for path in ("refresh-checkpoints", "refresh-vae", "refresh-loras"):
+    for path in ("refresh-checkpoints", "refresh-vae", "refresh-loras", "refresh-embeddings"):
         assert client.post(f"/sdapi/v1/{path}").status_code == 200
 
 

@@ -155,6 +155,11 @@ def refresh_loras() -> None:
     """A no-op, as refresh-checkpoints."""
 
 
+@router.post("/refresh-embeddings")
+def refresh_embeddings() -> None:
+    """A no-op: every job reads the embeddings folder afresh (a file is parsed again only when it changed)."""
+
+
 def check_options(store: ModelStore, body: dict[str, Any]) -> dict[str, Any]:
     """The WebuiOptions fields `body` sets, every value checked (BrushworkError/ModelLoadError names the option)."""
     update: dict[str, Any] = {}
