@@ -4,6 +4,6 @@ Each module has `add_parser(subparsers)`, which registers its sub-command with `
 `run` default; `brushwork.cli` only dispatches and turns errors into exit codes.
 """
 
-from brushwork.commands import data, evaluate, generate, info, models, serve, train, upscale
+from brushwork.commands import data, evaluate, generate, info, merge, models, serve, train, upscale
 
-COMMANDS = [generate, models, info, data, train, evaluate, upscale, serve]
+COMMANDS = [generate, models, info, data, train, evaluate, upscale, merge, serve]

@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from brushwork.commands.common import add_model_options
+from brushwork.commands.common import add_model_options, parse_lora
 from brushwork.errors import BrushworkError
 from brushwork.output import next_output_path, read_png_info, save_png
 from brushwork.recipe import Recipe
@@ -101,7 +101,7 @@ def recipe_from_args(args: argparse.Namespace) -> tuple[Recipe, int | None]:
     if hires:
         given["hires"] = hires
     if args.loras:
-        given["loras"] = [_parse_lora(text) for text in args.loras]
+        given["loras"] = [parse_lora(text) for text in args.loras]
     if args.from_png is None:
         if "prompt" not in given and not args.styles:
             raise BrushworkError("give a prompt, e.g. brushwork generate \"a red circle on a blue background\"")
@@ -127,26 +127,6 @@ def _parse_sides(text: str) -> dict[str, int]:
             raise BrushworkError(f"--outpaint: expected e.g. 'left=128,bottom=64', got {text!r}")
         sides[side] = int(amount)
     return sides
-
-
-def _parse_lora(text: str) -> dict[str, object]:
-    name, *weights = text.split(":")
-    if not name or len(weights) > 2 or not all(_is_number(weight) for weight in weights):
-        raise BrushworkError(f"--lora: expected NAME, NAME:WEIGHT or NAME:WEIGHT:UNET_WEIGHT, got {text!r}")
-    fields: dict[str, object] = {"name": name}
-    if weights:
-        fields["weight"] = float(weights[0])
-    if len(weights) > 1:
-        fields["unet_weight"] = float(weights[1])
-    return fields
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _parse_size(text: str) -> tuple[int, int]:

@@ -39,7 +39,7 @@ from brushwork.infotext import format_infotext, recipe_extras
 from brushwork.models.patches.lora import LoraCache, LoraPatch
 from brushwork.models.store import LoadedModel, ModelStore
 from brushwork.prompts import extract_loras
-from brushwork.recipe import MAX_SEED, Recipe
+from brushwork.recipe import MAX_SEED, LoraUse, Recipe
 
 
 @dataclass
@@ -146,10 +146,10 @@ class Engine:
             extension.images = None if images is None else tuple(images)
         return made
 
-    def lora_patches(self, recipe: Recipe, components) -> list[LoraPatch]:
-        """The recipe's LoRAs, read (or taken from the cache) for these components, at their multipliers."""
+    def lora_patches(self, uses: Sequence[LoraUse], components) -> list[LoraPatch]:
+        """These LoRAs, read (or taken from the cache) for these components, at their multipliers."""
         patches = []
-        for use in recipe.all_loras():
+        for use in uses:
             path = self.store.resolve("lora", use.name)
             lora = self.loras.get(path, components, name=use.name, allow_pickle=self.store.allow_pickle)
             patches.append(LoraPatch(lora, *use.multipliers))
@@ -228,7 +228,7 @@ class Engine:
         model = self.store.load(recipe.model, vae=recipe.vae)
         recipe = self.resolve(recipe, model)
         result.recipe = recipe
-        patches = self.lora_patches(recipe, model.components)
+        patches = self.lora_patches(recipe.all_loras(), model.components)
         result.timings["load"] = time.perf_counter() - started
         # The LoRAs change the shared model for this job only: restored when the last picture is made, when
         # the job fails, and when the caller stops early (closing this generator).
@@ -343,7 +343,7 @@ class Engine:
         subgroups: dict[int, list[int]] = {}
         for index, recipe in enumerate(resolved):
             subgroups.setdefault(encoder.chunk_count(recipe.prompt, recipe.negative_prompt, recipe.steps), []).append(index)
-        with model.components.patcher.applied(self.lora_patches(resolved[0], model.components)):  # equal: groupable
+        with model.components.patcher.applied(self.lora_patches(resolved[0].all_loras(), model.components)):  # groupable: equal
             for members in subgroups.values():
                 self._run_group([resolved[i] for i in members], [results[i] for i in members], model, encoder,
                                 started, on_progress, should_stop)
