@@ -28,7 +28,8 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from brushwork.models.components import Components
-from brushwork.models.detect import BASE_SCHEDULER_CONFIG, SD1_NUM_HEADS, VAE_SCALE_FACTOR, clip_heads, unet_head_channels
+from brushwork.models.detect import BASE_SCHEDULER_CONFIG, clip_heads, unet_head_channels
+from brushwork.models.families import SD1, model_family
 from brushwork.models.single_file import save_single_file, shipped_tokenizer
 
 VARIANTS = ("sd1", "sd2", "sd2-v", "sdxl", "sd1-inpaint")
@@ -67,7 +68,7 @@ def tiny_components(variant: str = "sd1", seed: int = 0) -> Components:
         up_block_types=("UpDecoderBlock2D",) * 2,
         layers_per_block=1,
         latent_channels=4,
-        scaling_factor=VAE_SCALE_FACTOR[family],
+        scaling_factor=model_family(family).vae_scale_factor,
     )
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -128,7 +129,7 @@ def _unet_kwargs(family: str, inpaint: bool, context_dim: int, *, upcast: bool) 
 def unet_heads(family: str) -> int | list[int]:
     """diffusers' `attention_head_dim` (really: heads per level) under the family convention, as detect reads it."""
     if family == "sd1":
-        return SD1_NUM_HEADS
+        return SD1.unet_heads
     return [channels // unet_head_channels(UNET_CHANNELS[0]) for channels in UNET_CHANNELS]
 
 

@@ -65,7 +65,7 @@ class PromptEncoder:
         for text, per_tokenizer in chunk_lists.items():
             chunk_lists[text] = [self._pad_to(chunks, longest, index) for index, chunks in enumerate(per_tokenizer)]
         # SDXL was trained with zeros, not the encoding of "", as the unconditional input.
-        zero_empty = self.components.family == "sdxl"
+        zero_empty = self.components.model_family.zero_empty_prompt
         encoded = {text: self._encode(chunk_lists[text], zeroed=zero_empty and text == "") for text in texts}
         return [
             (
@@ -166,7 +166,7 @@ class PromptEncoder:
         SDXL always reads the penultimate layer without the final norm (as it was trained), and CLIP
         skip counts on from there.
         """
-        if self.components.family == "sdxl":
+        if self.components.model_family.penultimate_layer:
             return output.hidden_states[-(self.clip_skip + 1)]
         if self.clip_skip == 1:
             return output.last_hidden_state

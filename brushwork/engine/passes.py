@@ -106,7 +106,7 @@ def _image_conditioning(components: Components, plan: PassPlan, batch: int) -> t
 
 def _sdxl_time_ids(components: Components, plan: PassPlan, device, dtype) -> torch.Tensor | None:
     """SDXL's size conditioning: original size, crop top-left (0, 0), target size."""
-    if components.family != "sdxl":
+    if not components.model_family.size_conditioning:
         return None
     size = (plan.height, plan.width)
     return torch.tensor([[*size, 0, 0, *size]], device=device, dtype=dtype)

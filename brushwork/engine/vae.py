@@ -8,15 +8,8 @@ from diffusers import AutoencoderKL
 from PIL import Image
 
 from brushwork.engine.tiling import decode_latents
+from brushwork.models.families import model_family
 
-# Least-squares fits of latent channels to RGB, as A1111's "Approx cheap" preview uses: a 4×3 matrix
-# multiply instead of a VAE decode, good enough to watch a picture form.
-_SD_LATENT_RGB = torch.tensor(
-    [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]]
-)
-_SDXL_LATENT_RGB = torch.tensor(
-    [[0.3920, 0.4054, 0.4549], [-0.2634, -0.0196, 0.0653], [0.0568, 0.1687, -0.0755], [-0.3112, -0.2359, -0.2076]]
-)
 
 
 @torch.no_grad()
@@ -40,8 +33,9 @@ def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
 
 
 def preview(latents: torch.Tensor, family: str) -> Image.Image:
-    """A small RGB approximation of the first image's latents, for live progress."""
-    factors = _SDXL_LATENT_RGB if family == "sdxl" else _SD_LATENT_RGB
+    """A small RGB approximation of the first image's latents, for live progress: the family's 4×3 fit of
+    latent channels to RGB (A1111's "Approx cheap") instead of a VAE decode, good enough to watch it form."""
+    factors = torch.tensor(model_family(family).latent_rgb)
     latent = latents[0].float().cpu()
     if latent.shape[0] != factors.shape[0]:
         latent = latent[: factors.shape[0]]

@@ -8,6 +8,7 @@ from typing import Any
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from brushwork.models.families import ModelFamily, model_family
 from brushwork.models.patches.patcher import ModelPatcher
 
 
@@ -36,6 +37,11 @@ class Components:
         if self.patcher is None:
             names = ["text_encoder", "text_encoder_2"][: len(self.text_encoders)]
             self.patcher = ModelPatcher({"unet": self.unet, **dict(zip(names, self.text_encoders))})
+
+    @property
+    def model_family(self) -> ModelFamily:
+        """What this family does differently (models/families)."""
+        return model_family(self.family)
 
     @property
     def prediction_type(self) -> str:

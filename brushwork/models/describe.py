@@ -10,8 +10,8 @@ import torch
 
 from brushwork.errors import ModelLoadError
 from brushwork.models.detect import detect
+from brushwork.models.families import family_display_name
 
-FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 
 
 def header_shapes(path: Path) -> dict[str, torch.Tensor]:
@@ -42,5 +42,5 @@ def describe_file(path: Path, kind: str, *, allow_pickle: bool = False) -> str:
         detection = detect(shapes)
     except ModelLoadError as error:
         return f"unknown ({str(error).split(':')[0]})"
-    name = FAMILY_NAMES.get(detection.family, detection.family)
+    name = family_display_name(detection.family)
     return name + (" inpainting" if detection.inpaint else "")

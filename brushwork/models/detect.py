@@ -32,19 +32,11 @@ from typing import Any
 import torch
 
 from brushwork.errors import ModelLoadError
-from brushwork.models.ldm_layout import (
-    SD1_CLIP_PREFIX,
-    SD2_OPEN_CLIP_PREFIX,
-    SDXL_CLIP_PREFIX,
-    SDXL_OPEN_CLIP_PREFIX,
-    UNET_PREFIX,
-    VAE_PREFIX,
-)
+from brushwork.models.families import FAMILIES, SDXL, model_family
+from brushwork.models.ldm_layout import SD1_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
 
 log = logging.getLogger(__name__)
 
-VAE_SCALE_FACTOR = {"sd1": 0.18215, "sd2": 0.18215, "sdxl": 0.13025}
-SD1_NUM_HEADS = 8
 HEAD_CHANNELS = 64
 
 # The noise schedule every SD family was trained with, in diffusers' scheduler-config words.
@@ -116,7 +108,7 @@ def detect(state_dict: Mapping[str, torch.Tensor]) -> Detection:
         "linear_start": BASE_SCHEDULER_CONFIG["beta_start"],
         "linear_end": BASE_SCHEDULER_CONFIG["beta_end"],
         "timesteps": BASE_SCHEDULER_CONFIG["num_train_timesteps"],
-        "scale_factor": VAE_SCALE_FACTOR[family],
+        "scale_factor": model_family(family).vae_scale_factor,
         "unet_config": {"params": unet},
         "first_stage_config": {"params": _vae_params(state_dict)},
     }
@@ -141,14 +133,12 @@ def detect(state_dict: Mapping[str, torch.Tensor]) -> Detection:
 
 
 def _family(sd: Mapping[str, torch.Tensor]) -> str:
-    if _has_prefix(sd, SDXL_OPEN_CLIP_PREFIX) and _has_prefix(sd, SDXL_CLIP_PREFIX):
-        return "sdxl"
-    if _has_prefix(sd, "conditioner.embedders.0.model."):
+    """The first family (most specific first) whose every text encoder the file holds."""
+    if _has_prefix(sd, "conditioner.embedders.0.model.") and not _has_prefix(sd, SDXL.text_encoders[0].ldm_prefix):
         raise ModelLoadError("this is an SDXL refiner checkpoint, which is not supported; use an SDXL base model")
-    if _has_prefix(sd, SD2_OPEN_CLIP_PREFIX):
-        return "sd2"
-    if _has_prefix(sd, SD1_CLIP_PREFIX):
-        return "sd1"
+    for family in FAMILIES.values():
+        if all(_has_prefix(sd, slot.ldm_prefix) for slot in family.text_encoders):
+            return family.key
     raise ModelLoadError(
         "the checkpoint has a U-Net but no text encoder ('cond_stage_model.*' or 'conditioner.embedders.*'); "
         "brushwork needs a full Stable Diffusion 1.x, 2.x or SDXL checkpoint"
@@ -159,11 +149,12 @@ def _family(sd: Mapping[str, torch.Tensor]) -> str:
 
 
 def _text_encoders(sd: Mapping[str, torch.Tensor], family: str) -> list[TextEncoderLayout]:
-    if family == "sd1":
-        return [_clip_layout(sd, SD1_CLIP_PREFIX)]
-    if family == "sd2":
-        return [_open_clip_layout(sd, SD2_OPEN_CLIP_PREFIX, drop_last_block=True)]
-    return [_clip_layout(sd, SDXL_CLIP_PREFIX), _open_clip_layout(sd, SDXL_OPEN_CLIP_PREFIX, with_projection=True)]
+    return [
+        _clip_layout(sd, slot.ldm_prefix) if slot.kind == "clip"
+        else _open_clip_layout(sd, slot.ldm_prefix, with_projection=slot.with_projection,
+                               drop_last_block=slot.drop_last_block)
+        for slot in model_family(family).text_encoders
+    ]
 
 
 def _clip_layout(sd: Mapping[str, torch.Tensor], prefix: str) -> TextEncoderLayout:
@@ -289,8 +280,8 @@ def _unet_params(sd: Mapping[str, torch.Tensor], family: str, text_encoders: lis
         "use_spatial_transformer": True,
         "legacy": False,
     }
-    if family == "sd1":
-        params["num_heads"] = SD1_NUM_HEADS
+    if model_family(family).unet_heads:
+        params["num_heads"] = model_family(family).unet_heads
     else:
         params["num_head_channels"] = unet_head_channels(model_channels)
     if u + "label_emb.0.0.weight" in sd:

@@ -20,6 +20,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 from brushwork.errors import ModelLoadError
 from brushwork.models.components import Components
 from brushwork.models.detect import BASE_SCHEDULER_CONFIG
+from brushwork.models.families import family_of_encoders
 from brushwork.models.single_file import shipped_tokenizer
 
 
@@ -49,16 +50,14 @@ def load_diffusers_folder(
     for module in (unet, vae, *text_encoders):
         module.to(device).eval()
 
-    if sdxl:
-        family = "sdxl"
-    elif text_encoders[0].config.hidden_act == "gelu":  # OpenCLIP; OpenAI's CLIP uses quick_gelu
-        family = "sd2"
-    else:
-        family = "sd1"
-    open_clip = [family == "sd2", True] if sdxl else [family == "sd2"]
-    tokenizers = [
-        _tokenizer(root, folder, open_clip=oc) for folder, oc in zip(("tokenizer", "tokenizer_2"), open_clip)
-    ]
+    # OpenCLIP encoders use gelu, OpenAI's CLIP quick_gelu; the family is the one with these encoders.
+    kinds = ["open_clip" if encoder.config.hidden_act == "gelu" else "clip" for encoder in text_encoders]
+    found = family_of_encoders(kinds)
+    if found is None:
+        raise ModelLoadError(f"{root}: text encoders of kinds {kinds} match no model family brushwork knows")
+    family = found.key
+    tokenizers = [_tokenizer(root, folder, open_clip=kind == "open_clip")
+                  for folder, kind in zip(("tokenizer", "tokenizer_2"), kinds)]
     vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
     return Components(
         family=family,

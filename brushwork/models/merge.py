@@ -22,9 +22,9 @@ from torch import nn
 
 from brushwork.errors import BrushworkError
 from brushwork.models.components import Components
+from brushwork.models.families import family_display_name
 
 METHODS = ("Weighted sum", "Add difference", "No interpolation")
-FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,8 @@ def merge_into(primary: Components, secondary: Components | None, tertiary: Comp
         raise BrushworkError(f"{method} needs {'three' if method == 'Add difference' else 'two'} checkpoints")
     for other in needed:
         if other.family != primary.family:
-            raise BrushworkError(f"cannot merge an {FAMILY_NAMES.get(other.family, other.family)} checkpoint into an "
-                                 f"{FAMILY_NAMES.get(primary.family, primary.family)} one: the layers differ")
+            raise BrushworkError(f"cannot merge an {family_display_name(other.family)} checkpoint into an "
+                                 f"{family_display_name(primary.family)} one: the layers differ")
     if secondary.inpaint and not primary.inpaint:
         raise BrushworkError("when merging an inpainting model with an ordinary one, the inpainting model must be "
                              "the first (A), as in A1111")

@@ -49,6 +49,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from brushwork.errors import ModelLoadError
 from brushwork.models import ldm_layout
 from brushwork.models.components import Components
+from brushwork.models.families import model_family
 from brushwork.models.detect import (
     BASE_SCHEDULER_CONFIG,
     Detection,
@@ -64,7 +65,6 @@ log = logging.getLogger(__name__)
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SHIPPED_TOKENIZER = Path(__file__).resolve().parent.parent / "assets" / "clip-tokenizer"
-FAMILY_NATIVE_SIZE = {"sd1": 512, "sd2": 512, "sdxl": 1024}  # SD 2.x v-prediction: 768
 
 StateDict = dict[str, torch.Tensor]
 
@@ -191,19 +191,18 @@ def load_single_file(
     unet = _load_unet(state_dict, detection, dtype, device)
     state_dict.clear()
 
+    family = model_family(detection.family)
     prediction_type = detection.prediction_type or _metadata_prediction_type(metadata)
     if prediction_type is None:
         prediction_type = "epsilon"
-        if detection.family == "sd2" and not detection.inpaint:  # SD 2 inpainting is epsilon (as in A1111)
+        if family.probe_v_prediction and not detection.inpaint:  # SD 2 inpainting is epsilon (as in A1111)
             prediction_type = "v_prediction" if _probe(unet, path) else "epsilon"
             log.info("%s: no yaml or metadata gives the prediction type; the test forward says %s",
                      path.name, prediction_type)
-    if detection.family == "sd2" and prediction_type == "v_prediction":
+    if family.upcast_attention_when_v and prediction_type == "v_prediction":
         _upcast_attention(unet)  # SD 2.1-v overflows in fp16 attention otherwise (diffusers sets it too)
 
-    native_size = _metadata_resolution(metadata) or (
-        768 if detection.family == "sd2" and prediction_type == "v_prediction" else FAMILY_NATIVE_SIZE[detection.family]
-    )
+    native_size = _metadata_resolution(metadata) or family.native_size_for(prediction_type)
     vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
     unet.register_to_config(sample_size=native_size // vae_factor)
     vae.register_to_config(sample_size=native_size)
@@ -345,7 +344,7 @@ def diffusers_unet_config(detection: Detection) -> dict[str, Any]:
     depth = config["transformer_layers_per_block"]
     if isinstance(depth, list):  # ldm writes 0 for levels without attention; diffusers wants a count
         config["transformer_layers_per_block"] = [d or 1 for d in depth]
-    if detection.family == "sdxl":
+    if model_family(detection.family).size_conditioning:
         pooled = next(te.config["projection_dim"] for te in detection.text_encoders if te.with_projection)
         config["class_embed_type"] = None
         config["addition_embed_type"] = "text_time"
@@ -426,21 +425,11 @@ def to_ldm_state_dict(components: Components) -> StateDict:
     unet, vae = components.unet, components.vae
     state_dict = ldm_layout.unet_to_ldm(unet.state_dict(), unet.config)
     state_dict.update(ldm_layout.vae_to_ldm(vae.state_dict(), vae.config))
-    encoders = components.text_encoders
-    if components.family == "sd1":
-        state_dict.update(ldm_layout.clip_to_ldm(encoders[0].state_dict(), ldm_layout.SD1_CLIP_PREFIX))
-    elif components.family == "sd2":
-        te = encoders[0]
-        layers = te.config.num_hidden_layers
-        prefix = ldm_layout.SD2_OPEN_CLIP_PREFIX
-        te_state = ldm_layout.open_clip_to_ldm(te.state_dict(), prefix, num_layers=layers, unused_last_block=True)
-        state_dict.update(te_state)
-    elif components.family == "sdxl":
-        clip_l, big_g = encoders
-        state_dict.update(ldm_layout.clip_to_ldm(clip_l.state_dict(), ldm_layout.SDXL_CLIP_PREFIX))
-        layers = big_g.config.num_hidden_layers
-        prefix = ldm_layout.SDXL_OPEN_CLIP_PREFIX
-        state_dict.update(ldm_layout.open_clip_to_ldm(big_g.state_dict(), prefix, num_layers=layers))
-    else:
-        raise ModelLoadError(f"cannot save a model of family {components.family!r}")
+    for slot, encoder in zip(components.model_family.text_encoders, components.text_encoders, strict=True):
+        if slot.kind == "clip":
+            state_dict.update(ldm_layout.clip_to_ldm(encoder.state_dict(), slot.ldm_prefix))
+        else:
+            state_dict.update(ldm_layout.open_clip_to_ldm(encoder.state_dict(), slot.ldm_prefix,
+                                                          num_layers=encoder.config.num_hidden_layers,
+                                                          unused_last_block=slot.drop_last_block))
     return state_dict

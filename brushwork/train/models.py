@@ -14,7 +14,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from brushwork.models.components import Components
-from brushwork.models.detect import SD1_NUM_HEADS, clip_heads
+from brushwork.models.detect import clip_heads
+from brushwork.models.families import SD1
 from brushwork.train.export import assemble
 from brushwork.train.spec import DEFAULT_SPEC, TOY_SPEC, ModelSpec
 
@@ -68,7 +69,7 @@ def build_unet(spec: ModelSpec) -> UNet2DConditionModel:
         block_out_channels=spec.unet_channels,
         layers_per_block=spec.unet_layers_per_block,
         cross_attention_dim=spec.text_width,
-        attention_head_dim=SD1_NUM_HEADS,  # diffusers' name for the number of heads
+        attention_head_dim=SD1.unet_heads,  # diffusers' name for the number of heads
         use_linear_projection=False,  # SD 1.x: 1x1-conv proj_in/proj_out
         norm_num_groups=32,
     )

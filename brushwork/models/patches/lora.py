@@ -27,6 +27,7 @@ import torch
 
 from brushwork.errors import ModelLoadError
 from brushwork.models.components import Components
+from brushwork.models.families import FAMILIES, family_display_name
 from brushwork.models.patches.lora_keys import Target, lora_targets, normalise_module_key
 from brushwork.models.patches.patcher import ModelPatcher, WeightChange
 from brushwork.models.single_file import read_metadata, read_state_dict
@@ -47,7 +48,6 @@ _PARTS = {
 }
 _SUFFIXES = sorted(_PARTS, key=len, reverse=True)
 _CROSS_ATTENTION_KEY = re.compile(r"attn2[._]to_k")
-_FAMILY_BY_CONTEXT = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
 
 
 @dataclass
@@ -206,7 +206,7 @@ def _mismatch(path: Path, components: Components, state: Mapping[str, torch.Tens
                 "it reads LoRA, LoCon, LoHa, LoKr, full-diff and DoRA files in kohya, LyCORIS or diffusers layout")
     first = ", ".join(unmatched[:3])
     made_for = _family_of(path, state)
-    model = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}.get(components.family, components.family)
+    model = family_display_name(components.family)
     context = components.unet.config.cross_attention_dim
     return (f"LoRA {path.name}: {len(unmatched)} of its layers match nothing in this {model} model "
             f"(cross-attention width {context}; first: {first})"
@@ -216,13 +216,14 @@ def _mismatch(path: Path, components: Components, state: Mapping[str, torch.Tens
 def _family_of(path: Path, state: Mapping[str, torch.Tensor]) -> str | None:
     """The family a LoRA file was trained for: from kohya's metadata, else from its cross-attention width."""
     version = read_metadata(path).get("ss_base_model_version", "")
-    for marker, family in (("sdxl", "SDXL"), ("v2", "SD 2.x"), ("sd_v1", "SD 1.x"), ("v1", "SD 1.x")):
-        if marker in version:
-            return family
+    for family in FAMILIES.values():  # most specific first: "sdxl" before "v1"
+        if any(marker in version for marker in family.kohya_versions):
+            return family.name
     for key, tensor in state.items():
         if _CROSS_ATTENTION_KEY.search(key) and key.endswith(("lora_down.weight", "lora_A.weight", "lora.down.weight")):
             width = tensor.shape[1]
-            return _FAMILY_BY_CONTEXT.get(width, f"a model with cross-attention width {width}")
+            names = [family.name for family in FAMILIES.values() if family.cross_attention_width == width]
+            return names[0] if names else f"a model with cross-attention width {width}"
     return None
 
 

@@ -41,7 +41,7 @@ def lora_targets(components: Components) -> dict[str, Target]:
         ldm_module = ldm_key[len(UNET_PREFIX): -len(".weight")]
         targets.setdefault("lora_unet_" + ldm_module.replace(".", "_"), ("unet", path))
 
-    kohya = ["lora_te_"] if len(components.text_encoders) == 1 else ["lora_te1_", "lora_te2_"]
+    kohya = components.model_family.lora_text_prefixes
     encoders = [(name, module) for name, module in components.patcher.modules.items() if name != "unet"]
     for prefix, (module, encoder) in zip(kohya, encoders):
         for path in _layers(encoder):
