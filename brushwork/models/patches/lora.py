@@ -67,19 +67,17 @@ class LoraLayer:
             return "LoKr"
         return "LoRA"
 
-    def delta(self, shape: torch.Size) -> torch.Tensor:
-        """ΔW for a weight of `shape`, in float32, scale included."""
+    def delta(self, shape: torch.Size, factor: float = 1.0) -> torch.Tensor:
+        """factor · ΔW for a weight of `shape`, in float32, scale included."""
         p = {name: tensor.float() for name, tensor in self.parts.items()}
         kind = self.kind
         if kind == "full":
-            return p["diff"].reshape(shape)
+            return p["diff"].reshape(shape) * factor
         if kind == "LoRA":
             down, up = p["down"], p["up"]
-            if "mid" in p:
-                delta = _tucker(p["mid"], down, up)
-            else:
-                delta = up.flatten(1) @ down.flatten(1)
-            return (delta * self._scale(down.shape[0])).reshape(shape)
+            delta = _tucker(p["mid"], down, up) if "mid" in p else up.flatten(1) @ down.flatten(1)
+            # One scalar, in place: peft's order of operations, so a fused peft LoRA matches bit for bit.
+            return delta.mul_(self._scale(down.shape[0]) * factor).reshape(shape)
         if kind == "LoHa":
             rank = p["hada_w1_b"].shape[0]
             if "hada_t1" in p:
@@ -88,7 +86,7 @@ class LoraLayer:
                 w2 = _tucker(p["hada_t2"], p["hada_w2_b"], p["hada_w2_a"].transpose(0, 1))
             else:
                 w1, w2 = p["hada_w1_a"] @ p["hada_w1_b"], p["hada_w2_a"] @ p["hada_w2_b"]
-            return (w1 * w2 * self._scale(rank)).reshape(shape)
+            return (w1 * w2 * (self._scale(rank) * factor)).reshape(shape)
         # LoKr: each side whole, or as a product (then the rank is the inner size and alpha applies).
         w1 = p["lokr_w1"] if "lokr_w1" in p else p["lokr_w1_a"] @ p["lokr_w1_b"]
         if "lokr_w2" in p:
@@ -100,7 +98,7 @@ class LoraLayer:
         ranks = [p[name].shape[0] for name in ("lokr_w1_b", "lokr_w2_b") if name in p]
         while w1.dim() < w2.dim():
             w1 = w1.unsqueeze(-1)
-        return (torch.kron(w1, w2) * (self._scale(ranks[0]) if ranks else 1.0)).reshape(shape)
+        return (torch.kron(w1, w2) * ((self._scale(ranks[0]) if ranks else 1.0) * factor)).reshape(shape)
 
     def _scale(self, rank: int) -> float:
         alpha = self.parts.get("alpha")
@@ -110,13 +108,13 @@ class LoraLayer:
         """The weight's (or, for `bias`, the bias's) new value from its current one at this multiplier."""
         if name == "bias":
             diff_b = self.parts["diff_b"].float()
-            return lambda bias: bias + multiplier * diff_b.reshape(bias.shape).to(bias.device)
+            return lambda bias: bias.add_(multiplier * diff_b.reshape(bias.shape).to(bias.device))
         dora_scale = self.parts.get("dora_scale")
 
         def patched(weight: torch.Tensor) -> torch.Tensor:
-            merged = weight + multiplier * self.delta(weight.shape).to(weight.device)
             if dora_scale is None:
-                return merged
+                return weight.add_(self.delta(weight.shape, multiplier).to(weight.device))
+            merged = weight + self.delta(weight.shape, multiplier).to(weight.device)
             magnitude = dora_scale.float().to(weight.device)
             # kohya/LyCORIS store [out, 1, ...] (per output row) or [1, in, ...] (per input column); peft [out].
             on_output = magnitude.shape[0] == weight.shape[0] and magnitude.numel() == weight.shape[0]

@@ -16,7 +16,8 @@ from typing import Callable, Iterator, Mapping, Protocol, Sequence
 import torch
 from torch import nn
 
-# A parameter's new value from its current one (both float32, the parameter's shape).
+# A parameter's new value from its current one (float32, the parameter's shape). It may change the tensor it is
+# given in place and return it: for a float32 parameter that tensor is the parameter itself (saves a copy).
 WeightChange = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -56,7 +57,9 @@ class ModelPatcher:
                             parameter = self.parameter(module, name)
                             if (module, name) not in originals:
                                 originals[module, name] = parameter.detach().clone()
-                            parameter.copy_(change(parameter.detach().float()).to(parameter.dtype))
+                            changed = change(parameter.detach().float())
+                            if changed.data_ptr() != parameter.data_ptr():
+                                parameter.copy_(changed)
                 yield
             finally:
                 with torch.no_grad():
