@@ -56,6 +56,7 @@ def unet_forward(components, device, dtype, runs: int = 3) -> float:
     context = torch.randn(2, 77, 768, device=device, dtype=dtype)
     times = []
     with torch.inference_mode():
+        unet(latents, torch.tensor(500, device=device), encoder_hidden_states=context)  # warm-up, not timed
         for _ in range(runs):
             started = time.perf_counter()
             unet(latents, torch.tensor(500, device=device), encoder_hidden_states=context)
@@ -133,6 +134,7 @@ def main() -> None:
         pipeline.unfuse_lora()
         fused.append(time.perf_counter() - started)
     pipeline.unload_lora_weights()
+    base_again = unet_forward(components, device, dtype)  # the same measurement at the end: the run's noise
     peft_exact = all(torch.equal(originals[name], tensor) for name, tensor in components.unet.state_dict().items())
 
     rows = [
@@ -141,7 +143,7 @@ def main() -> None:
         ("switch: apply + restore (brushwork) / fuse + unfuse (peft)", median(ours), median(fused)),
         ("U-Net forward with the LoRA (brushwork merged / peft unfused)", ours_forward, peft_forward),
     ]
-    print(f"U-Net forward without LoRA: {base_forward:.3f} s")
+    print(f"U-Net forward without LoRA: {base_forward:.3f} s at the start, {base_again:.3f} s at the end")
     for label, mine, theirs in rows:
         print(f"{label}: brushwork {mine:.3f} s, diffusers {theirs:.3f} s, ratio {mine / theirs:.2f}")
     print(f"weights bit-identical after restore: brushwork {exact}, diffusers fuse/unfuse + unload {peft_exact}")
