@@ -11,7 +11,7 @@ SPLITS = ("train", "heldout", "all")
 
 
 def add_parser(subparsers) -> None:
-    data = subparsers.add_parser("data", help="make training data")
+    data = subparsers.add_parser("data", help="make and check training data")
     kinds = data.add_subparsers(dest="data_kind", required=True)
     shapes = kinds.add_parser("shapes", help="draw captioned pictures of coloured shapes (NNNNN.png + NNNNN.txt)")
     shapes.add_argument("out_dir", type=Path, help="folder to write the pictures into")
@@ -21,6 +21,12 @@ def add_parser(subparsers) -> None:
     shapes.add_argument("--split", choices=SPLITS, default="train",
                         help="train: never the held-out colour/shape pairs (default); heldout: only those; all: any")
     shapes.set_defaults(run=run_shapes)
+    check = kinds.add_parser("check", help="the curation report of a training folder: what training would leave "
+                             "out and why (nothing is deleted), and the aspect-ratio buckets")
+    check.add_argument("folder", type=Path, help="pictures with same-named .txt captions (kohya folders too)")
+    check.add_argument("--resolution", type=int, default=512, help="the training resolution (default 512)")
+    check.add_argument("--report", type=Path, default=None, help="also write the report as JSON here")
+    check.set_defaults(run=run_check)
 
 
 def run_shapes(args: argparse.Namespace) -> int:
@@ -38,4 +44,16 @@ def run_shapes(args: argparse.Namespace) -> int:
         raise BrushworkError(f"{args.out_dir} already holds pictures; choose an empty or new folder")
     make_dataset(args.out_dir, args.count, seed=args.seed, size=args.size, split=args.split)
     print(f"wrote {args.count} pictures ({args.size}x{args.size}, split {args.split}, seed {args.seed}) to {args.out_dir}")
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from brushwork.train.curation import CurationSettings, curate
+    from brushwork.train.dataset import scan_folder
+
+    report = curate(scan_folder(args.folder), args.folder.expanduser(), CurationSettings(resolution=args.resolution))
+    print(report.to_text())
+    if args.report is not None:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(report.to_json(), encoding="utf-8")
     return 0
