@@ -13,6 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
+from brushwork.commands.common import add_model_options
 from brushwork.errors import EXIT_INTERRUPTED, BrushworkError
 
 # Flags that override the preset, by TrainSettings field.
@@ -60,6 +61,28 @@ def add_parser(subparsers) -> None:
     base.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     base.set_defaults(run=run_base)
 
+    lora = kinds.add_parser(
+        "lora", help="train a LoRA for an SD 1.x/2.x checkpoint on a folder of captioned pictures",
+        description="Curates the pictures (report beside the output), buckets them by aspect ratio and trains "
+                    "peft adapters on the U-Net's attention (and the text encoder's with --train-text-encoder). "
+                    "Writes a kohya-layout .safetensors that brushwork, A1111 and ComfyUI load.")
+    lora.add_argument("data", type=Path, help="pictures with same-named .txt captions (kohya folders too)")
+    lora.add_argument("--base", required=True, help="the checkpoint to train for: a name in --models-dir or a path")
+    lora.add_argument("-o", "--output", type=Path, default=None, help="the LoRA file (default: DATA.safetensors)")
+    for flag, kind, default, text in (("--rank", int, 8, "adapter rank"), ("--alpha", float, 8.0, "LoRA alpha"),
+                                      ("--steps", int, 500, "training steps"), ("--lr", float, 1e-4, "learning rate"),
+                                      ("--resolution", int, 512, "training resolution (buckets of about its area)"),
+                                      ("--batch-size", int, 1, "pictures per step"), ("--seed", int, 0, "seed"),
+                                      ("--caption-dropout", float, 0.0, "share of steps trained with no caption"),
+                                      ("--checkpoint-every", int, 100, "steps between saved states (for --resume)")):
+        lora.add_argument(flag, dest=flag[2:].replace("-", "_"), type=kind, default=default, help=f"{text} (default {default})")
+    lora.add_argument("--train-text-encoder", dest="train_text_encoder", action="store_true")
+    lora.add_argument("--resume", action="store_true", help="continue the run saved in the state folder")
+    lora.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when present)")
+    lora.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_model_options(lora)
+    lora.set_defaults(run=run_lora)
+
 
 def run_base(args: argparse.Namespace) -> int:
     import torch
@@ -87,6 +110,40 @@ def run_base(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGINT, previous)
+    return 0
+
+
+def run_lora(args: argparse.Namespace) -> int:
+    import torch
+
+    from brushwork.models.store import ModelStore
+    from brushwork.train.lora import LoraTrainSettings, train_lora
+    from brushwork.train.loop import TrainingInterrupted
+
+    output = args.output or Path(args.data.name + ".safetensors")
+    if output.suffix.lower() != ".safetensors":
+        raise BrushworkError(f"-o/--output: write a .safetensors file, got {output}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    store = ModelStore(args.models_dir, device=device, dtype=torch.float32, allow_pickle=args.allow_pickle,
+                       allow_paths=True)
+    model = store.load(args.base)
+    settings = LoraTrainSettings(**{name: getattr(args, name) for name in (
+        "rank", "alpha", "steps", "lr", "resolution", "batch_size", "seed", "caption_dropout", "checkpoint_every",
+        "train_text_encoder")})
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: _request_stop(stop))
+    try:
+        result = train_lora(model.components, args.data, output, settings, base_name=model.name,
+                            base_hash=store.hashes.sha256(model.path), resume=args.resume, progress=args.progress,
+                            should_stop=stop.is_set)
+    except TrainingInterrupted as stopped:
+        print(f"\nstopped: saved after step {stopped.step}; run the same command with --resume to continue",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    print(f"{result.output}: {result.pictures} pictures, {result.steps} steps in {result.seconds:.1f} s", file=sys.stderr)
+    print(result.output)
     return 0
 
 

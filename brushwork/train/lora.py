@@ -1,0 +1,260 @@
+"""`brushwork train lora`: a LoRA for any SD 1.x/2.x checkpoint from a folder of captioned pictures.
+
+peft puts the adapters on the U-Net's attention projections (and, with `train_text_encoder`, the text encoder's);
+the base weights stay frozen. Pictures are curated first (train/curation.py; the report is saved beside the
+output), resized into aspect-ratio buckets and encoded by the VAE once. Each step draws its batch (one bucket),
+noise and timesteps from generators seeded by (seed, step), so a run resumed from its state folder continues
+to the same weights as an uninterrupted one (on the same machine). The output is a kohya-layout `.safetensors`
+with the `ss_*` metadata A1111 shows; brushwork, A1111, ComfyUI and diffusers' `load_lora_weights` load it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler
+from PIL import Image
+from safetensors.torch import save_file
+
+from brushwork.errors import BrushworkError
+from brushwork.models.components import Components
+from brushwork.train.curation import CurationSettings, curate
+from brushwork.train.dataset import fit_to_bucket, make_buckets, nearest_bucket, scan_folder
+from brushwork.train.loop import LoopHooks, learning_rate, run_steps
+from brushwork.train.state import TrainingState, state_dir_for
+
+UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # kohya's default LoRA targets in attention
+TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+@dataclass(frozen=True)
+class LoraTrainSettings:
+    rank: int = 8
+    alpha: float = 8.0
+    steps: int = 500
+    lr: float = 1e-4
+    warmup: int = 0
+    resolution: int = 512
+    batch_size: int = 1
+    train_text_encoder: bool = False
+    caption_dropout: float = 0.0
+    seed: int = 0
+    checkpoint_every: int = 100
+
+
+@dataclass
+class Picture:
+    latents: torch.Tensor  # [4, h, w], scaled
+    caption: str
+    bucket: tuple[int, int]
+
+
+@dataclass
+class LoraTrainResult:
+    output: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    pictures: int = 0
+
+
+def train_lora(components: Components, data_dir: Path, output: Path, settings: LoraTrainSettings, *,
+               base_name: str, base_hash: str, resume: bool = False, progress: bool = True,
+               should_stop: Callable[[], bool] | None = None,
+               on_step: Callable[[str, int, float], None] | None = None) -> LoraTrainResult:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if components.model_family.size_conditioning:
+        raise BrushworkError("train lora: SDXL bases are not supported yet; use an SD 1.x or 2.x checkpoint")
+    if settings.rank < 1 or settings.steps < 1 or settings.batch_size < 1:
+        raise BrushworkError("train lora: --rank, --steps and --batch-size must be at least 1")
+    state = TrainingState(state_dir_for(output))
+    run = {"settings": asdict(settings), "base": base_hash, "data": str(Path(data_dir).resolve())}
+    if resume:
+        if not state.exists():
+            raise BrushworkError(f"nothing to resume: no training state in {state.folder}")
+        if state.read_run() != run:
+            raise BrushworkError(f"--resume: {state.folder} was made with other settings, base or data")
+    state.write_run(run)
+
+    report = curate(scan_folder(data_dir), Path(data_dir), CurationSettings(resolution=settings.resolution))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".curation.json").write_text(report.to_json(), encoding="utf-8")
+    examples = {example.path.relative_to(data_dir).as_posix(): example for example in scan_folder(data_dir)}
+    kept = [examples[name] for name in report.kept]
+    if not kept:
+        raise BrushworkError(f"train lora: curation left no picture of {data_dir} (see {output.with_suffix('.curation.json')})")
+
+    unet, text_encoder = components.unet, components.text_encoders[0]
+    device = unet.device
+    for module in components.modules():
+        module.requires_grad_(False)
+    pictures = _encode_pictures(components, kept, settings.resolution)
+    torch.manual_seed(settings.seed)  # the adapters' initial weights
+    # peft's own injection (not transformers' add_adapter, which wants a newer peft than is available here).
+    trained = [inject_adapter_in_model(LoraConfig(r=settings.rank, lora_alpha=settings.alpha,
+                                                  init_lora_weights="gaussian", target_modules=UNET_TARGETS), unet)]
+    if settings.train_text_encoder:
+        trained.append(inject_adapter_in_model(LoraConfig(r=settings.rank, lora_alpha=settings.alpha,
+                                                          init_lora_weights="gaussian", target_modules=TEXT_TARGETS),
+                                               text_encoder))
+    parameters = [p for module in trained for p in module.parameters() if p.requires_grad]
+    for parameter in parameters:
+        parameter.data = parameter.data.float()  # adapters train in float32 even on a float16 base
+    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=1e-2)
+    scheduler = DDPMScheduler.from_config(components.scheduler_config)
+    tokenizer = components.tokenizers[0]
+
+    start = 0
+    saved = state.load("lora.pt") if resume else None
+    if saved is not None:
+        for module, weights in zip(trained, saved["adapters"]):
+            module.load_state_dict(weights, strict=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        start = int(saved["step"])
+
+    order = _batches(pictures, settings)
+
+    def step(index: int) -> float:
+        batch = order(index)
+        generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + index)
+        latents = torch.stack([pictures[i].latents for i in batch]).to(device)
+        captions = [pictures[i].caption if torch.rand((), generator=generator) >= settings.caption_dropout else ""
+                    for i in batch]
+        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(device)
+        noise = torch.randn(latents.shape, generator=generator).to(device)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch),), generator=generator).to(device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        target = noise if components.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
+        with torch.set_grad_enabled(True):
+            context = text_encoder(ids)[0]
+            prediction = unet(noisy.to(unet.dtype), timesteps, encoder_hidden_states=context.to(unet.dtype)).sample
+            loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(index, settings.steps, settings.lr, settings.warmup, 1.0)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return float(loss)
+
+    def checkpoint(done: int) -> None:
+        state.save("lora.pt", {"step": done, "optimizer": optimizer.state_dict(),
+                               "adapters": [_adapter_weights(module) for module in trained]})
+
+    for module in trained:
+        module.train()
+    started = time.time()
+    try:
+        result = run_steps("lora", start, settings.steps, step,
+                           LoopHooks(checkpoint=checkpoint, checkpoint_every=settings.checkpoint_every,
+                                     should_stop=should_stop, on_step=on_step, progress=progress))
+    finally:
+        for module in trained:
+            module.eval()
+    metadata = _metadata(settings, components, kept, base_name, base_hash, output, started)
+    save_file(kohya_state_dict(components, settings), str(output), metadata=metadata)
+    return LoraTrainResult(output, settings.steps, result.losses, result.seconds, len(kept))
+
+
+def _encode_pictures(components: Components, examples, resolution: int) -> list[Picture]:
+    """Each picture fitted to its bucket and encoded once (the posterior's mean: no randomness to replay)."""
+    buckets = make_buckets(resolution)
+    vae = components.vae
+    pictures = []
+    with torch.no_grad():
+        for example in examples:
+            with Image.open(example.path) as opened:
+                image = opened.convert("RGB")
+            bucket = nearest_bucket(image.size, buckets)
+            pixels = torch.from_numpy(np.asarray(fit_to_bucket(image, bucket), dtype=np.float32) / 127.5 - 1)
+            pixels = pixels.permute(2, 0, 1)[None].to(vae.device, vae.dtype)
+            latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+            for _ in range(example.repeats):
+                pictures.append(Picture(latents[0].float().cpu(), example.caption, bucket))
+    return pictures
+
+
+def _batches(pictures: list[Picture], settings: LoraTrainSettings) -> Callable[[int], list[int]]:
+    """Step -> the indices of its batch: per epoch (seeded by seed and epoch) the pictures of each bucket are
+    shuffled and cut into batches, and the batches shuffled; a step's batch depends only on its number."""
+    by_bucket: dict[tuple[int, int], list[int]] = {}
+    for index, picture in enumerate(pictures):
+        by_bucket.setdefault(picture.bucket, []).append(index)
+    epochs: dict[int, list[list[int]]] = {}
+
+    def epoch_batches(epoch: int) -> list[list[int]]:
+        if epoch not in epochs:
+            chance = random.Random(settings.seed * 7919 + epoch)
+            batches = []
+            for bucket in sorted(by_bucket):
+                members = list(by_bucket[bucket])
+                chance.shuffle(members)
+                batches += [members[i: i + settings.batch_size] for i in range(0, len(members), settings.batch_size)]
+            chance.shuffle(batches)
+            epochs.clear()
+            epochs[epoch] = batches
+        return epochs[epoch]
+
+    per_epoch = len(epoch_batches(0))
+
+    def batch(step: int) -> list[int]:
+        return epoch_batches(step // per_epoch)[step % per_epoch]
+
+    return batch
+
+
+def _adapter_weights(module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in module.state_dict().items() if "lora_" in name}
+
+
+def kohya_state_dict(components: Components, settings: LoraTrainSettings) -> dict[str, torch.Tensor]:
+    """The trained adapters under kohya's names (`lora_unet_…`, `lora_te_text_model_…`), with `.alpha`."""
+    from peft.tuners.lora import LoraLayer
+
+    modules = [("lora_unet_", components.unet, "")]
+    if settings.train_text_encoder:
+        text_encoder = components.text_encoders[0]
+        # Files name CLIP's layers `text_model.…`; transformers 5's CLIPTextModel has no such level.
+        modules.append(("lora_te_", text_encoder, "" if hasattr(text_encoder, "text_model") else "text_model."))
+    state = {}
+    for prefix, module, level in modules:
+        for path, layer in module.named_modules():
+            if not isinstance(layer, LoraLayer):
+                continue
+            name = prefix + (level + path).replace(".", "_")
+            for part, factors in (("lora_down.weight", layer.lora_A), ("lora_up.weight", layer.lora_B)):
+                state[f"{name}.{part}"] = factors["default"].weight.detach().float().cpu().contiguous()
+            state[f"{name}.alpha"] = torch.tensor(float(settings.alpha))
+    return state
+
+
+def _metadata(settings: LoraTrainSettings, components: Components, examples, base_name: str, base_hash: str,
+              output: Path, started: float) -> dict[str, str]:
+    """kohya's `ss_*` keys, as A1111's LoRA cards show them."""
+    tags: dict[str, dict[str, int]] = {}
+    for example in examples:
+        folder = example.path.parent.name
+        for tag in (part.strip() for part in example.caption.split(",")):
+            if tag:
+                tags.setdefault(folder, {})[tag] = tags.setdefault(folder, {}).get(tag, 0) + example.repeats
+    version = {"sd1": "sd_v1", "sd2": "sd_v2"}.get(components.family, components.family)
+    return {
+        "ss_network_module": "networks.lora", "ss_network_dim": str(settings.rank),
+        "ss_network_alpha": f"{settings.alpha:g}", "ss_base_model_version": version,
+        "ss_sd_model_name": base_name, "ss_new_sd_model_hash": base_hash, "ss_output_name": output.stem,
+        "ss_resolution": f"({settings.resolution}, {settings.resolution})", "ss_max_train_steps": str(settings.steps),
+        "ss_learning_rate": f"{settings.lr:g}", "ss_num_train_images": str(sum(e.repeats for e in examples)),
+        "ss_batch_size_per_device": str(settings.batch_size), "ss_seed": str(settings.seed),
+        "ss_training_started_at": f"{started:.0f}", "ss_training_finished_at": f"{time.time():.0f}",
+        "ss_text_encoder_lr": f"{settings.lr:g}" if settings.train_text_encoder else "0",
+        "ss_tag_frequency": json.dumps(tags), "ss_caption_dropout_rate": f"{settings.caption_dropout:g}",
+        "modelspec.architecture": "stable-diffusion-v1/lora" if components.family == "sd1" else "stable-diffusion-v2/lora",
+    }

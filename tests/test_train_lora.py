@@ -1,0 +1,106 @@
+"""`brushwork train lora` on a tiny SD 1.x model and a few drawn pictures: the file is kohya-layout with ss_*
+metadata, brushwork and diffusers' `load_lora_weights` both load it and it changes the picture; a run stopped and
+resumed ends with the same weights as an uninterrupted one; the curation report is saved beside it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from brushwork.cli import main
+from brushwork.engine.engine import Engine
+from brushwork.models.patches.lora import LoraPatch, load_lora
+from brushwork.models.store import ModelStore
+from brushwork.recipe import Recipe
+from brushwork.shapes import make_dataset
+from tiny_models import tiny_components, to_pipeline, write_tiny_checkpoint
+
+FLAGS = ["--resolution", "64", "--rank", "4", "--alpha", "4", "--lr", "1e-3", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-lora")
+    models = root / "models"
+    (models / "Stable-diffusion").mkdir(parents=True)
+    write_tiny_checkpoint("sd1", models / "Stable-diffusion" / "tiny.safetensors")
+    make_dataset(root / "hearts", 4, seed=5, size=64, split="all")
+    return root, models
+
+
+def train(setup, output, *extra) -> int:
+    root, models = setup
+    return main(["train", "lora", str(root / "hearts"), "--base", "tiny", "--models-dir", str(models),
+                 "-o", str(output), *FLAGS, *extra])
+
+
+def test_the_lora_loads_everywhere_and_changes_the_picture(setup, tmp_path):
+    root, models = setup
+    output = tmp_path / "Lora" / "hearts.safetensors"
+    assert train(setup, output, "--steps", "6", "--train-text-encoder") == 0
+    state = load_file(output)
+    assert any(key.startswith("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.") for key in state)
+    assert any(key.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj.") for key in state)
+    metadata = safe_open(str(output), "pt").metadata()
+    assert metadata["ss_network_dim"] == "4" and metadata["ss_base_model_version"] == "sd_v1"
+    assert json.loads(metadata["ss_tag_frequency"])  # A1111's card shows the caption tags
+    assert json.loads(output.with_suffix(".curation.json").read_text())["kept"]
+
+    components = tiny_components("sd1")
+    lora = load_lora(output, components)
+    assert len(lora.layers) == len(state) // 3
+    pipeline = to_pipeline(tiny_components("sd1"))
+    pipeline.load_lora_weights(str(output))  # diffusers + peft read the kohya file too
+    pipeline.fuse_lora(lora_scale=1.0)
+    with components.patcher.applied([LoraPatch(lora, 1.0, 1.0)]):
+        ours = components.unet.state_dict()
+        theirs = pipeline.unet.state_dict()
+        assert all(torch.allclose(ours[key], theirs[key], atol=1e-6) for key in ours if key in theirs)
+
+    (models / "Lora").mkdir(exist_ok=True)
+    (models / "Lora" / "hearts.safetensors").write_bytes(output.read_bytes())
+    engine = Engine(ModelStore(models))
+    base = dict(prompt="a red circle", steps=2, width=64, height=64, seed=3, model="tiny", sampler="Euler")
+    plain = engine.run(Recipe(**base)).images[0].image
+    tagged = engine.run(Recipe(**base | {"prompt": "a red circle <lora:hearts:1>"})).images[0].image
+    assert not np.array_equal(np.asarray(plain), np.asarray(tagged))
+
+
+def test_a_stopped_run_resumes_to_the_same_weights(setup, tmp_path, monkeypatch):
+    whole = tmp_path / "whole.safetensors"
+    assert train(setup, whole, "--steps", "6", "--checkpoint-every", "2") == 0
+
+    import brushwork.train.lora as trainer
+
+    real = trainer.train_lora
+    calls = []
+
+    def stop_after_three(*args, **kwargs):
+        done = []
+        kwargs["on_step"] = lambda stage, step, loss: done.append(step)
+        kwargs["should_stop"] = lambda: len(done) >= 3 and not calls
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_lora", stop_after_three)
+    parts = tmp_path / "parts.safetensors"
+    assert train(setup, parts, "--steps", "6", "--checkpoint-every", "2") == 130  # stopped, state saved
+    assert not parts.exists()
+    calls.append("resumed")
+    assert train(setup, parts, "--steps", "6", "--checkpoint-every", "2", "--resume") == 0
+    first, second = load_file(whole), load_file(parts)
+    assert first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
+    assert train(setup, parts, "--steps", "7", "--resume") == 2  # other settings: refused
+
+
+def test_bad_requests_are_clear(setup, tmp_path, capsys):
+    root, models = setup
+    assert main(["train", "lora", str(tmp_path / "nothing"), "--base", "tiny", "--models-dir", str(models),
+                 "-o", str(tmp_path / "x.safetensors"), *FLAGS]) == 2
+    assert "training data folder not found" in capsys.readouterr().err
+    assert train(setup, tmp_path / "x.ckpt") == 2
+    assert "write a .safetensors file" in capsys.readouterr().err
