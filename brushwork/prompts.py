@@ -390,20 +390,11 @@ def build_chunks(
         offset = 0
         while offset < len(fragment_tokens):
             found = find_embedding(fragment_tokens, offset) if find_embedding is not None else None
-            if found is not None:
-                span, count, name = found
-                if len(tokens) + count > chunk_length:
-                    finish_chunk()
-                fixes.append((len(tokens), name))
-                tokens += [EMBEDDING_PLACEHOLDER] * count
-                weights += [weight] * count
-                offset += span
-                continue
             token = fragment_tokens[offset]
-            offset += 1
             full = len(tokens) == chunk_length
             if full:
-                # A comma arriving on a full chunk is itself a clean cut; otherwise cut after a recent comma.
+                # A comma arriving on a full chunk is itself a clean cut; otherwise cut after a recent comma (also
+                # before an embedding, as A1111 cuts before it looks the embedding up).
                 cut = chunk_length
                 if token != comma_id and last_comma >= 0 and chunk_length - last_comma <= comma_backtrack:
                     cut = last_comma + 1
@@ -412,6 +403,19 @@ def build_chunks(
                 fixes[:] = [(position, name) for position, name in fixes if position < cut]
                 finish_chunk()
                 tokens, weights, fixes = carried
+            if found is not None:
+                span, count, name = found
+                if count > chunk_length:
+                    raise RecipeError(f"embedding {name!r} has {count} vectors, more than the {chunk_length} a prompt "
+                                      "chunk holds")
+                if len(tokens) + count > chunk_length:
+                    finish_chunk()
+                fixes.append((len(tokens), name))
+                tokens += [EMBEDDING_PLACEHOLDER] * count
+                weights += [weight] * count
+                offset += span
+                continue
+            offset += 1
             if token == comma_id and not full:
                 # As in A1111, the comma that opens a new chunk is not remembered as a place to cut.
                 last_comma = len(tokens)

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from brushwork.engine.conditioning import PromptEncoder
 from brushwork.engine.embeddings import EmbeddingLibrary, EmbeddingMatcher, load_embedding
 from brushwork.engine.engine import Engine
-from brushwork.errors import ModelLoadError
+from brushwork.errors import ModelLoadError, RecipeError
 from brushwork.models.store import ModelStore
 from brushwork.prompts import EMBEDDING_PLACEHOLDER, build_chunks
 from brushwork.recipe import Recipe
@@ -69,6 +69,19 @@ def test_chunks_keep_room_for_every_vector_and_never_split_one():
     crowded = build_chunks("alpha " * 6 + "inky", tokenize, bos_id=1, eos_id=2, pad_id=2, comma_id=None,
                            chunk_length=8, find_embedding=matcher)
     assert [chunk.fixes for chunk in crowded] == [[], [(1, "inky")]]  # 6 + 4 > 8: it starts the next chunk
+    # A full chunk with a recent comma: the words after it move on with the embedding (A1111 cuts first).
+    ids[","] = [5]
+    comma = build_chunks("alpha alpha alpha alpha , beta beta beta inky", tokenize, bos_id=1, eos_id=2, pad_id=2,
+                         comma_id=5, chunk_length=8, comma_backtrack=4, find_embedding=matcher)
+    assert comma[0].tokens[1:7] == [10, 10, 10, 10, 5, 2] and comma[0].fixes == []
+    assert comma[1].tokens[1:8] == [11, 11, 11, *[EMBEDDING_PLACEHOLDER] * 4] and comma[1].fixes == [(4, "inky")]
+
+    class Huge:
+        count = 9
+
+    with pytest.raises(RecipeError, match="embedding 'inky' has 9 vectors, more than the 8"):
+        build_chunks("inky", tokenize, bos_id=1, eos_id=2, pad_id=2, comma_id=None, chunk_length=8,
+                     find_embedding=EmbeddingMatcher({"inky": Huge()}, tokenize))
 
 
 def test_sdxl_embedding_fills_both_encoders(tmp_path):

@@ -151,3 +151,28 @@ def test_after_guidance_and_order(checkpoint):
 def test_begin_and_end_are_checked():
     with pytest.raises(ValueError, match="begin and end"):
         Extension(0.7, 0.3)
+
+
+def test_down_residuals_alone_get_a_zero_mid_residual():
+    """Else diffusers would read them as a T2I-Adapter's (added at other places)."""
+    context = DenoiseContext(0, 10, torch.tensor(999), images=1, halves=1, model_input=torch.zeros(1, 4, 8, 8))
+    context.add_residuals([torch.ones(1, 2, 8, 8), torch.ones(1, 3, 4, 4)], None, [0])
+    assert torch.equal(context.unet_kwargs["mid_block_additional_residual"], torch.zeros(1, 3, 4, 4))
+
+
+def test_a_providers_own_subset_is_kept_and_shared_instances_are_refused(checkpoint):
+    class Mark(Extension):
+        pass
+
+    def second_picture_only(recipe, components, width, height):
+        return [Mark(images=[1])]  # the recipe's own second picture
+
+    engine = Engine(ModelStore(allow_paths=True), [second_picture_only])
+    components = engine.store.load(str(checkpoint)).components
+    [mark] = engine.extensions(recipe(checkpoint, "x", 1, batch_size=2), components, 32, 32, images=range(3, 5))
+    assert mark.images == (4,)  # rows 3 and 4 are the recipe's: its second picture is row 4
+
+    shared = Mark()
+    engine.extension_providers = [lambda *args: [shared, shared]]
+    with pytest.raises(RuntimeError, match="same extension twice"):
+        engine.extensions(recipe(checkpoint, "x", 1), components, 32, 32)

@@ -213,3 +213,23 @@ def test_addnet_hash_ignores_the_metadata(tmp_path):
     cache = HashCache(tmp_path / "hashes.json")
     assert cache.lora_hash(tmp_path / "a.safetensors") == addnet_sha256(tmp_path / "a.safetensors")[:12]
     assert cache.sha256(tmp_path / "a.safetensors") != cache.sha256(tmp_path / "b.safetensors")
+
+
+def test_a_second_job_on_the_same_model_and_thread_is_refused(models):
+    """Two open jobs on one thread would take the first one's patched weights for originals: refused instead."""
+    components = tiny_components("sd1")
+    lora = load_lora(models / "Lora" / "ink.safetensors", components)
+    before = weights(components)
+    with components.patcher.applied([LoraPatch(lora, 1.0, 1.0)]):
+        with pytest.raises(RuntimeError, match="already has a job's patches applied"):
+            with components.patcher.applied([LoraPatch(lora, 0.5, 0.5)]):
+                pass
+    assert_weights_equal(weights(components), before)
+    engine = Engine(ModelStore(models))
+    first = engine.generate(recipe(prompt="x <lora:ink:1>", batch_count=2))
+    next(first)  # left open, not closed
+    with pytest.raises(RuntimeError, match="finish \\(or close\\) that job"):
+        engine.run(recipe(prompt="x <lora:paper:1>"))
+    first.close()
+    assert_weights_equal(weights(engine.store.load("tiny").components),
+                         weights(Engine(ModelStore(models)).store.load("tiny").components))

@@ -5,7 +5,8 @@ Formulas (r: rank, α: alpha, m: multiplier, W: the base weight):
     LoKr      W + m · (w1 ⊗ (w2a·w2b)) · α/r           (w1 whole; r from w2b)
     full      W + m · diff,  b + m · diff_b
     Tucker    LoCon with a core: up[p,i] · mid[i,j,k,l] · down[j,q], summed over i, j
-    DoRA      (W + m·ΔW) · (m·(magnitude / ‖W + m·ΔW‖_columns − 1) + 1)
+    DoRA      W + m · ((W + ΔW) · magnitude / ‖W + ΔW‖_columns − W)          (kohya/LyCORIS dora_scale, ComfyUI's m)
+    peft DoRA magnitude · (W + m·ΔW) / ‖W + m·ΔW‖_rows                       (lora_magnitude_vector)
 """
 
 from __future__ import annotations
@@ -126,12 +127,30 @@ def test_dora_scale_rescales_the_merged_columns(tmp_path):
     state = {f"{KOHYA_ATTENTION}.lora_down.weight": down, f"{KOHYA_ATTENTION}.lora_up.weight": up,
              f"{KOHYA_ATTENTION}.dora_scale": magnitude}
     before, during = patched(components, state, tmp_path, 0.6)
-    merged = before + 0.6 * (up @ down)
-    scale = magnitude / (merged.norm(dim=0, keepdim=True) + 1e-6)
-    assert torch.allclose(during, merged * (0.6 * (scale - 1) + 1), atol=1e-6)
-    _, full = patched(components, state, tmp_path, 1.0)
-    merged = before + up @ down
-    assert torch.allclose(full.norm(dim=0, keepdim=True), magnitude, atol=1e-4)  # m = 1: the stored magnitudes
+    full = before + up @ down
+    decomposed = full * magnitude / (full.norm(dim=0, keepdim=True) + 1e-6)
+    assert torch.allclose(during, before + 0.6 * (decomposed - before), atol=1e-6)
+    _, whole = patched(components, state, tmp_path, 1.0)
+    assert torch.allclose(whole.norm(dim=0, keepdim=True), magnitude, atol=1e-4)  # m = 1: the stored magnitudes
+    _, none = patched(components, state, tmp_path, 0.0)
+    assert torch.equal(none, before)  # m = 0: the base weight
+
+
+@pytest.mark.parametrize("layer", [ATTENTION, CONV])
+def test_peft_dora_magnitudes_scale_output_rows(tmp_path, layer):
+    """peft keeps a Linear's magnitudes as [out] and a conv's as [1, out, 1, 1]; both scale output rows."""
+    components = tiny_components("sd1")
+    shape = components.patcher.parameter("unet", layer + ".weight").shape
+    out, inp, kernel = shape[0], shape[1], tuple(shape[2:])
+    down, up = randn(2, inp, *kernel, seed=1), randn(out, 2, *([1] * len(kernel)), seed=2)
+    magnitude = randn(out, seed=3).abs() + 0.5
+    stored = magnitude if not kernel else magnitude.reshape(1, out, 1, 1)
+    state = {f"unet.{layer}.lora_A.weight": down, f"unet.{layer}.lora_B.weight": up,
+             f"unet.{layer}.lora_magnitude_vector": stored}
+    before, during = patched(components, state, tmp_path, 0.5, layer)
+    merged = before + 0.5 * (up.flatten(1) @ down.flatten(1)).reshape(shape)
+    rows = merged.reshape(out, -1).norm(dim=1).reshape(out, *([1] * (len(shape) - 1)))
+    assert torch.allclose(during, merged * magnitude.reshape(rows.shape) / (rows + 1e-6), atol=1e-6)
 
 
 @pytest.mark.parametrize("layout", ["peft", "diffusers-old"])

@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import threading
+from contextlib import closing
 from pathlib import Path
 
 from brushwork.commands.common import add_model_options, parse_lora
@@ -178,14 +179,14 @@ def run(args: argparse.Namespace) -> int:
     saved = []
     result = Result(recipe=recipe)
     try:
-        images = engine.generate(recipe, on_progress=on_progress, should_stop=stop.is_set, only_batch=only_batch,
-                                 result=result)
-        for generated in images:
-            if only_index is not None and generated.index != only_index:
-                continue
-            path = next_output_path(args.output_dir, seed=generated.seed, prompt=recipe.prompt)
-            save_png(generated.image, path, infotext=generated.infotext, recipe_json=generated.recipe_json)
-            saved.append(path)
+        with closing(engine.generate(recipe, on_progress=on_progress, should_stop=stop.is_set, only_batch=only_batch,
+                                     result=result)) as images:
+            for generated in images:
+                if only_index is not None and generated.index != only_index:
+                    continue
+                path = next_output_path(args.output_dir, seed=generated.seed, prompt=recipe.prompt)
+                save_png(generated.image, path, infotext=generated.infotext, recipe_json=generated.recipe_json)
+                saved.append(path)
     finally:
         signal.signal(signal.SIGINT, previous_handler)
         if bar is not None:

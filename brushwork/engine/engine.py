@@ -139,11 +139,17 @@ class Engine:
     def extensions(self, recipe: Recipe, components, width: int, height: int,
                    images: Sequence[int] | None = None) -> list[Extension]:
         """The denoiser extensions of `recipe` for a pass at width x height, acting on its `images` of the
-        batch (None: the whole batch is this recipe's)."""
+        batch (None: the whole batch is this recipe's). An extension that names some of the recipe's own
+        pictures keeps to those (its indices are mapped to the batch's rows). Providers make new extensions
+        on every call: one object in two recipes' lists would act on both."""
         made = [extension for provider in self.extension_providers
                 for extension in provider(recipe, components, width, height)]
-        for extension in made:
-            extension.images = None if images is None else tuple(images)
+        if len({id(extension) for extension in made}) != len(made):
+            raise RuntimeError("an extension provider returned the same extension twice; make a new one per call")
+        if images is not None:
+            rows = tuple(images)
+            for extension in made:
+                extension.images = rows if extension.images is None else tuple(rows[i] for i in extension.images)
         return made
 
     def lora_patches(self, uses: Sequence[LoraUse], components) -> list[LoraPatch]:
@@ -304,7 +310,8 @@ class Engine:
             images = len(tiles)
             plan = PassPlan(recipe.sampler, recipe.steps, recipe.width, recipe.height, [recipe.cfg_scale] * images,
                             [positive] * images, [negative] * images, strength=recipe.denoising_strength,
-                            init_latents=self._encode(components, tiles))
+                            init_latents=self._encode(components, tiles),
+                            extensions=self.extensions(recipe, components, recipe.width, recipe.height))
 
             def report(info: StepInfo) -> None:  # steps counted through all the picture's tiles
                 if on_progress is not None:

@@ -49,7 +49,8 @@ class DenoiseContext:
 
     def add_residuals(self, down: Sequence[torch.Tensor], mid: torch.Tensor | None, rows: list[int]) -> None:
         """Add ControlNet-style residuals computed for `rows` only; the other rows get none. Residuals of
-        several extensions add up, as diffusers' MultiControlNet sums its nets'."""
+        several extensions add up, as diffusers' MultiControlNet sums its nets'. Without a `mid` residual the
+        mid block gets zeros: diffusers reads down residuals alone as a T2I-Adapter's, at other places."""
         batch = self.model_input.shape[0]
         index = torch.tensor(rows, device=self.model_input.device)
 
@@ -64,10 +65,12 @@ class DenoiseContext:
         if previous is not None:
             widened = [old + new for old, new in zip(previous, widened, strict=True)]
         self.unet_kwargs["down_block_additional_residuals"] = widened
+        previous_mid = self.unet_kwargs.get("mid_block_additional_residual")
         if mid is not None:
-            previous_mid = self.unet_kwargs.get("mid_block_additional_residual")
             mid = widen(mid)
             self.unet_kwargs["mid_block_additional_residual"] = mid if previous_mid is None else previous_mid + mid
+        elif previous_mid is None:  # the mid block's output has the deepest down residual's shape
+            self.unet_kwargs["mid_block_additional_residual"] = torch.zeros_like(widened[-1])
 
 
 class Extension:

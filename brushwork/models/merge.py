@@ -57,6 +57,9 @@ def merge_into(primary: Components, secondary: Components | None, tertiary: Comp
     with torch.no_grad():
         for name, a, (b, *rest) in progress(pairs):
             c = rest[0] if rest else None
+            if c is not None and c.shape != b.shape:
+                raise BrushworkError(f"cannot merge {name}: B and C differ ({tuple(b.shape)} and {tuple(c.shape)}); "
+                                     "add difference takes B and C of the same kind (both inpainting or neither)")
             if a.shape != b.shape:
                 if a.dim() == 4 and a.shape[1] == 9 and b.shape[1] == 4 and a.shape[0] == b.shape[0]:
                     a[:, :4] = _combine(a[:, :4].float(), b.float(), None if c is None else c.float(), method,

@@ -30,6 +30,7 @@ import time
 import uuid
 from collections import deque
 from concurrent.futures import Future
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator, TypeVar
@@ -520,10 +521,12 @@ class JobQueue:
                 if batch in finished:
                     continue
                 try:
-                    for image in self.engine.generate(recipe, only_batch=batch, on_progress=self._reporter(run),
-                                                      should_stop=run.should_stop, result=result):
-                        if image.index not in done:
-                            self._save(run, job, image)
+                    # closing: a failed save ends the generator (and restores the job's LoRA patches) at once.
+                    with closing(self.engine.generate(recipe, only_batch=batch, on_progress=self._reporter(run),
+                                                      should_stop=run.should_stop, result=result)) as images:
+                        for image in images:
+                            if image.index not in done:
+                                self._save(run, job, image)
                 except Cancelled:
                     if run.cancelled or run.shutdown or not run.skip:
                         raise

@@ -8,9 +8,11 @@ One file holds, per layer it changes, the factors of a weight delta ΔW, in one 
     full (diff)    ΔW = diff                       (and `diff_b` for the bias)
 
 r is the rank (the inner size of the factors); without `alpha` the scale is 1. A layer is patched to
-W + m·ΔW, m being the job's multiplier for the text encoders or the U-Net. With DoRA (`dora_scale`) the merged
-W + m·ΔW is then rescaled column- or row-wise to the stored magnitude, as LyCORIS's `apply_weight_decompose`
-does: scale = m·(magnitude / ‖W + m·ΔW‖ − 1) + 1.
+W + m·ΔW, m being the job's multiplier for the text encoders or the U-Net. DoRA rescales the merged weight's
+rows or columns to stored magnitudes. kohya/LyCORIS files (`dora_scale`, [out, 1, ...] per output row or
+[1, in, ...] per input column): D = (W + ΔW) · magnitude / ‖W + ΔW‖, applied as W + m·(D − W), ComfyUI's rule
+(m = 0 gives W back; LyCORIS's own rescales at full strength and gives W + ΔW at m = 0). peft files
+(`lora_magnitude_vector`, always per output row): magnitude · (W + m·ΔW) / ‖W + m·ΔW‖, peft's own formula.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ _PARTS = {
     ".lokr_w1": "lokr_w1", ".lokr_w1_a": "lokr_w1_a", ".lokr_w1_b": "lokr_w1_b",
     ".lokr_w2": "lokr_w2", ".lokr_w2_a": "lokr_w2_a", ".lokr_w2_b": "lokr_w2_b", ".lokr_t2": "lokr_t2",
     ".diff": "diff", ".diff_b": "diff_b",
-    ".alpha": "alpha", ".dora_scale": "dora_scale", ".lora_magnitude_vector": "dora_scale",
+    ".alpha": "alpha", ".dora_scale": "dora_scale", ".lora_magnitude_vector": "magnitude",
 }
 _SUFFIXES = sorted(_PARTS, key=len, reverse=True)
 _CROSS_ATTENTION_KEY = re.compile(r"attn2[._]to_k")
@@ -67,9 +69,9 @@ class LoraLayer:
             return "LoKr"
         return "LoRA"
 
-    def delta(self, shape: torch.Size, factor: float = 1.0) -> torch.Tensor:
-        """factor · ΔW for a weight of `shape`, in float32, scale included."""
-        p = {name: tensor.float() for name, tensor in self.parts.items()}
+    def delta(self, shape: torch.Size, factor: float = 1.0, device: torch.device | str = "cpu") -> torch.Tensor:
+        """factor · ΔW for a weight of `shape`, in float32 on `device` (the weight's), scale included."""
+        p = {name: tensor.to(device, torch.float32) for name, tensor in self.parts.items()}
         kind = self.kind
         if kind == "full":
             return p["diff"].reshape(shape) * factor
@@ -107,23 +109,34 @@ class LoraLayer:
     def change(self, multiplier: float, name: str) -> WeightChange:
         """The weight's (or, for `bias`, the bias's) new value from its current one at this multiplier."""
         if name == "bias":
-            diff_b = self.parts["diff_b"].float()
-            return lambda bias: bias.add_(multiplier * diff_b.reshape(bias.shape).to(bias.device))
-        dora_scale = self.parts.get("dora_scale")
-
+            diff_b = self.parts["diff_b"]
+            return lambda bias: bias.add_(multiplier * diff_b.to(bias.device, torch.float32).reshape(bias.shape))
         def patched(weight: torch.Tensor) -> torch.Tensor:
-            if dora_scale is None:
-                return weight.add_(self.delta(weight.shape, multiplier).to(weight.device))
-            merged = weight + self.delta(weight.shape, multiplier).to(weight.device)
-            magnitude = dora_scale.float().to(weight.device)
-            # kohya/LyCORIS store [out, 1, ...] (per output row) or [1, in, ...] (per input column); peft [out].
-            on_output = magnitude.shape[0] == weight.shape[0] and magnitude.numel() == weight.shape[0]
-            if on_output:
-                magnitude = magnitude.reshape(weight.shape[0], *[1] * (weight.dim() - 1))
-            scale = magnitude / (_norm(merged, on_output) + 1e-6)
-            return merged * (multiplier * (scale - 1) + 1)
+            if "magnitude" in self.parts:  # peft's DoRA
+                merged = weight + self.delta(weight.shape, multiplier, weight.device)
+                return merged * (self._magnitude(weight, "magnitude") / (_norm(merged, True) + 1e-6))
+            if "dora_scale" not in self.parts:
+                return weight.add_(self.delta(weight.shape, multiplier, weight.device))
+            full = weight + self.delta(weight.shape, 1.0, weight.device)
+            on_output = self._dora_on_output(weight.shape)
+            decomposed = full * (self._magnitude(weight, "dora_scale") / (_norm(full, on_output) + 1e-6))
+            return weight + multiplier * (decomposed - weight)
 
         return patched
+
+    def _dora_on_output(self, shape: torch.Size) -> bool:
+        """kohya/LyCORIS `dora_scale`: [out, 1, ...] scales output rows, [1, in, ...] input columns."""
+        scale = self.parts["dora_scale"]
+        return scale.dim() >= 1 and scale.shape[0] == shape[0] and scale.numel() == shape[0] and (
+            len(shape) < 2 or scale.dim() < 2 or scale.shape[1] == 1)
+
+    def _magnitude(self, weight: torch.Tensor, part: str) -> torch.Tensor:
+        """The stored magnitudes, shaped to broadcast over `weight`'s rows or columns."""
+        magnitude = self.parts[part].to(weight.device, torch.float32)
+        ones = [1] * (weight.dim() - 1)
+        if part == "magnitude" or self._dora_on_output(weight.shape):  # peft: [out] or [1, out, 1, 1]: rows
+            return magnitude.reshape(weight.shape[0], *ones)
+        return magnitude.reshape(1, weight.shape[1], *ones[1:])
 
 
 @dataclass
@@ -233,6 +246,9 @@ def _check_shapes(path: Path, layers: list[LoraLayer], components: Components) -
         weight = components.patcher.parameter(module, layer_path + ".weight")
         try:
             layer.delta(weight.shape)
+            for part in ("magnitude", "dora_scale"):
+                if part in layer.parts:
+                    layer._magnitude(weight.detach().cpu(), part)
         except RuntimeError as error:
             raise ModelLoadError(f"LoRA {path.name}: its {layer.kind} layer for {layer_path} does not fit the "
                                  f"weight {tuple(weight.shape)}: {str(error).splitlines()[0]}") from None

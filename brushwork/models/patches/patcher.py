@@ -32,12 +32,16 @@ class ModelPatcher:
     """Applies weight patches to one checkpoint's modules for a job, then restores them exactly.
 
     One job at a time per checkpoint: `applied` holds a lock for as long as the job runs, so a second job on
-    the same modules (another thread) waits instead of seeing the first one's weights.
+    the same modules (another thread) waits instead of seeing the first one's weights. Not reentrant: a job
+    opened inside another on the same thread would take the first one's patched weights for the originals, so
+    that is refused. The originals are kept in CPU memory, as A1111 and ComfyUI keep theirs (a GPU holds the
+    model, not a second copy of what a LoRA touches).
     """
 
     def __init__(self, modules: Mapping[str, nn.Module]):
         self.modules = dict(modules)
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
+        self._owner: int | None = None  # the thread inside `applied`
 
     def parameter(self, module: str, name: str) -> torch.Tensor:
         try:
@@ -48,7 +52,11 @@ class ModelPatcher:
     @contextmanager
     def applied(self, patches: Sequence[WeightPatch]) -> Iterator[None]:
         """The modules with `patches` applied in order, restored when the block ends (also by an exception)."""
+        if self._owner == threading.get_ident():
+            raise RuntimeError("this model already has a job's patches applied on this thread: finish (or close) "
+                               "that job before starting another on the same model")
         with self._lock:
+            self._owner = threading.get_ident()
             originals: dict[tuple[str, str], torch.Tensor] = {}
             try:
                 with torch.no_grad():
@@ -56,7 +64,7 @@ class ModelPatcher:
                         for module, name, change in patch.changes():
                             parameter = self.parameter(module, name)
                             if (module, name) not in originals:
-                                originals[module, name] = parameter.detach().clone()
+                                originals[module, name] = parameter.detach().to("cpu", copy=True)
                             changed = change(parameter.detach().float())
                             if changed.data_ptr() != parameter.data_ptr():
                                 parameter.copy_(changed)
@@ -65,3 +73,4 @@ class ModelPatcher:
                 with torch.no_grad():
                     for (module, name), original in originals.items():
                         self.parameter(module, name).copy_(original)
+                self._owner = None
