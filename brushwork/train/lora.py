@@ -11,24 +11,19 @@ with the `ss_*` metadata A1111 shows; brushwork, A1111, ComfyUI and diffusers' `
 from __future__ import annotations
 
 import json
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from diffusers import DDPMScheduler
-from PIL import Image
 from safetensors.torch import save_file
 
 from brushwork.errors import BrushworkError
 from brushwork.models.components import Components
-from brushwork.train.curation import CurationSettings, curate
-from brushwork.train.dataset import fit_to_bucket, make_buckets, nearest_bucket, scan_folder
+from brushwork.train.finetune import batch_order, curated_examples, diffusion_loss, encode_pictures, noisy_batch, run_state
 from brushwork.train.loop import LoopHooks, learning_rate, run_steps
-from brushwork.train.state import TrainingState, state_dir_for
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # kohya's default LoRA targets in attention
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -50,13 +45,6 @@ class LoraTrainSettings:
 
 
 @dataclass
-class Picture:
-    latents: torch.Tensor  # [4, h, w], scaled
-    caption: str
-    bucket: tuple[int, int]
-
-
-@dataclass
 class LoraTrainResult:
     output: Path
     steps: int
@@ -75,28 +63,15 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
         raise BrushworkError("train lora: SDXL bases are not supported yet; use an SD 1.x or 2.x checkpoint")
     if settings.rank < 1 or settings.steps < 1 or settings.batch_size < 1:
         raise BrushworkError("train lora: --rank, --steps and --batch-size must be at least 1")
-    state = TrainingState(state_dir_for(output))
-    run = {"settings": asdict(settings), "base": base_hash, "data": str(Path(data_dir).resolve())}
-    if resume:
-        if not state.exists():
-            raise BrushworkError(f"nothing to resume: no training state in {state.folder}")
-        if state.read_run() != run:
-            raise BrushworkError(f"--resume: {state.folder} was made with other settings, base or data")
-    state.write_run(run)
-
-    report = curate(scan_folder(data_dir), Path(data_dir), CurationSettings(resolution=settings.resolution))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".curation.json").write_text(report.to_json(), encoding="utf-8")
-    examples = {example.path.relative_to(data_dir).as_posix(): example for example in scan_folder(data_dir)}
-    kept = [examples[name] for name in report.kept]
-    if not kept:
-        raise BrushworkError(f"train lora: curation left no picture of {data_dir} (see {output.with_suffix('.curation.json')})")
+    state = run_state(output, {"settings": asdict(settings), "base": base_hash, "data": str(Path(data_dir).resolve())},
+                      resume)
+    kept = curated_examples(data_dir, output, settings.resolution, "train lora")
 
     unet, text_encoder = components.unet, components.text_encoders[0]
     device = unet.device
     for module in components.modules():
         module.requires_grad_(False)
-    pictures = _encode_pictures(components, kept, settings.resolution)
+    pictures = encode_pictures(components, kept, settings.resolution)
     torch.manual_seed(settings.seed)  # the adapters' initial weights
     # peft's own injection (not transformers' add_adapter, which wants a newer peft than is available here).
     trained = [inject_adapter_in_model(LoraConfig(r=settings.rank, lora_alpha=settings.alpha,
@@ -120,24 +95,18 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
         optimizer.load_state_dict(saved["optimizer"])
         start = int(saved["step"])
 
-    order = _batches(pictures, settings)
+    order = batch_order(pictures, settings.batch_size, settings.seed)
 
     def step(index: int) -> float:
         batch = order(index)
         generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + index)
-        latents = torch.stack([pictures[i].latents for i in batch]).to(device)
         captions = [pictures[i].caption if torch.rand((), generator=generator) >= settings.caption_dropout else ""
                     for i in batch]
         ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids.to(device)
-        noise = torch.randn(latents.shape, generator=generator).to(device)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch),), generator=generator).to(device)
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        target = noise if components.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
+        noisy, timesteps, target = noisy_batch(components, scheduler, [pictures[i] for i in batch], generator)
         with torch.set_grad_enabled(True):
-            context = text_encoder(ids)[0]
-            prediction = unet(noisy.to(unet.dtype), timesteps, encoder_hidden_states=context.to(unet.dtype)).sample
-            loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
+            loss = diffusion_loss(unet, noisy, timesteps, target, text_encoder(ids)[0])
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(index, settings.steps, settings.lr, settings.warmup, 1.0)
             optimizer.zero_grad(set_to_none=True)
@@ -162,53 +131,6 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
     metadata = _metadata(settings, components, kept, base_name, base_hash, output, started)
     save_file(kohya_state_dict(components, settings), str(output), metadata=metadata)
     return LoraTrainResult(output, settings.steps, result.losses, result.seconds, len(kept))
-
-
-def _encode_pictures(components: Components, examples, resolution: int) -> list[Picture]:
-    """Each picture fitted to its bucket and encoded once (the posterior's mean: no randomness to replay)."""
-    buckets = make_buckets(resolution)
-    vae = components.vae
-    pictures = []
-    with torch.no_grad():
-        for example in examples:
-            with Image.open(example.path) as opened:
-                image = opened.convert("RGB")
-            bucket = nearest_bucket(image.size, buckets)
-            pixels = torch.from_numpy(np.asarray(fit_to_bucket(image, bucket), dtype=np.float32) / 127.5 - 1)
-            pixels = pixels.permute(2, 0, 1)[None].to(vae.device, vae.dtype)
-            latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
-            for _ in range(example.repeats):
-                pictures.append(Picture(latents[0].float().cpu(), example.caption, bucket))
-    return pictures
-
-
-def _batches(pictures: list[Picture], settings: LoraTrainSettings) -> Callable[[int], list[int]]:
-    """Step -> the indices of its batch: per epoch (seeded by seed and epoch) the pictures of each bucket are
-    shuffled and cut into batches, and the batches shuffled; a step's batch depends only on its number."""
-    by_bucket: dict[tuple[int, int], list[int]] = {}
-    for index, picture in enumerate(pictures):
-        by_bucket.setdefault(picture.bucket, []).append(index)
-    epochs: dict[int, list[list[int]]] = {}
-
-    def epoch_batches(epoch: int) -> list[list[int]]:
-        if epoch not in epochs:
-            chance = random.Random(settings.seed * 7919 + epoch)
-            batches = []
-            for bucket in sorted(by_bucket):
-                members = list(by_bucket[bucket])
-                chance.shuffle(members)
-                batches += [members[i: i + settings.batch_size] for i in range(0, len(members), settings.batch_size)]
-            chance.shuffle(batches)
-            epochs.clear()
-            epochs[epoch] = batches
-        return epochs[epoch]
-
-    per_epoch = len(epoch_batches(0))
-
-    def batch(step: int) -> list[int]:
-        return epoch_batches(step // per_epoch)[step % per_epoch]
-
-    return batch
 
 
 def _adapter_weights(module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,117 @@
+"""What every fine-tuning run shares (LoRA, textual inversion, DreamBooth): its state folder, the curated
+pictures encoded once into aspect-ratio buckets, a batch order fixed by the seed, and the diffusion loss."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from brushwork.errors import BrushworkError
+from brushwork.models.components import Components
+from brushwork.train.curation import CurationSettings, curate
+from brushwork.train.dataset import Example, fit_to_bucket, make_buckets, nearest_bucket, scan_folder
+from brushwork.train.state import TrainingState, state_dir_for
+
+
+@dataclass
+class Picture:
+    latents: torch.Tensor  # [4, h, w], scaled
+    caption: str
+    bucket: tuple[int, int]
+
+
+def run_state(output: Path, run: dict[str, Any], resume: bool) -> TrainingState:
+    """The state folder beside `output`; `resume` needs one made by the same run (settings, base, data)."""
+    state = TrainingState(state_dir_for(output))
+    if resume:
+        if not state.exists():
+            raise BrushworkError(f"nothing to resume: no training state in {state.folder}")
+        if state.read_run() != run:
+            raise BrushworkError(f"--resume: {state.folder} was made with other settings, base or data")
+    state.write_run(run)
+    return state
+
+
+def curated_examples(data_dir: Path, output: Path, resolution: int, command: str) -> list[Example]:
+    """The pictures curation keeps; its report is saved beside the output (`NAME.curation.json`)."""
+    examples = scan_folder(data_dir)
+    report = curate(examples, Path(data_dir).expanduser(), CurationSettings(resolution=resolution))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    report_path = output.with_suffix(".curation.json")
+    report_path.write_text(report.to_json(), encoding="utf-8")
+    by_name = {example.path.relative_to(Path(data_dir).expanduser()).as_posix(): example for example in examples}
+    if not report.kept:
+        raise BrushworkError(f"{command}: curation left no picture of {data_dir} (see {report_path})")
+    return [by_name[name] for name in report.kept]
+
+
+def encode_pictures(components: Components, examples, resolution: int) -> list[Picture]:
+    """Each picture fitted to its bucket and encoded once (the posterior's mean: no randomness to replay)."""
+    buckets = make_buckets(resolution)
+    vae = components.vae
+    pictures = []
+    with torch.no_grad():
+        for example in examples:
+            with Image.open(example.path) as opened:
+                image = opened.convert("RGB")
+            bucket = nearest_bucket(image.size, buckets)
+            pixels = torch.from_numpy(np.asarray(fit_to_bucket(image, bucket), dtype=np.float32) / 127.5 - 1)
+            pixels = pixels.permute(2, 0, 1)[None].to(vae.device, vae.dtype)
+            latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+            for _ in range(example.repeats):
+                pictures.append(Picture(latents[0].float().cpu(), example.caption, bucket))
+    return pictures
+
+
+def batch_order(pictures: list[Picture], batch_size: int, seed: int) -> Callable[[int], list[int]]:
+    """Step -> the indices of its batch: per epoch (seeded by seed and epoch) the pictures of each bucket are
+    shuffled and cut into batches, and the batches shuffled; a step's batch depends only on its number."""
+    by_bucket: dict[tuple[int, int], list[int]] = {}
+    for index, picture in enumerate(pictures):
+        by_bucket.setdefault(picture.bucket, []).append(index)
+    epochs: dict[int, list[list[int]]] = {}
+
+    def epoch_batches(epoch: int) -> list[list[int]]:
+        if epoch not in epochs:
+            chance = random.Random(seed * 7919 + epoch)
+            batches = []
+            for bucket in sorted(by_bucket):
+                members = list(by_bucket[bucket])
+                chance.shuffle(members)
+                batches += [members[i: i + batch_size] for i in range(0, len(members), batch_size)]
+            chance.shuffle(batches)
+            epochs.clear()
+            epochs[epoch] = batches
+        return epochs[epoch]
+
+    per_epoch = len(epoch_batches(0))
+
+    def batch(step: int) -> list[int]:
+        return epoch_batches(step // per_epoch)[step % per_epoch]
+
+    return batch
+
+
+def noisy_batch(components: Components, scheduler, pictures: list[Picture],
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noisy latents, timesteps, target) for one batch, every draw from `generator`; the target is what the
+    model predicts (the noise, or v)."""
+    device = components.unet.device
+    latents = torch.stack([picture.latents for picture in pictures]).to(device)
+    noise = torch.randn(latents.shape, generator=generator).to(device)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(pictures),), generator=generator).to(device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    target = noise if components.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
+    return noisy, timesteps, target
+
+
+def diffusion_loss(unet, noisy: torch.Tensor, timesteps: torch.Tensor, target: torch.Tensor,
+                   context: torch.Tensor) -> torch.Tensor:
+    prediction = unet(noisy.to(unet.dtype), timesteps, encoder_hidden_states=context.to(unet.dtype)).sample
+    return torch.nn.functional.mse_loss(prediction.float(), target.float())
