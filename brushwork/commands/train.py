@@ -83,6 +83,29 @@ def add_parser(subparsers) -> None:
     add_model_options(lora)
     lora.set_defaults(run=run_lora)
 
+    embedding = kinds.add_parser(
+        "embedding", help="textual inversion: new token vectors for an SD 1.x/2.x checkpoint",
+        description="Learns --vectors token vectors (starting from --init-word) on a folder of captioned pictures; "
+                    "the model is not changed. A caption without the token gets it in front. The file's name is "
+                    "the word that calls it in a prompt (default: TOKEN.safetensors).")
+    embedding.add_argument("data", type=Path, help="pictures with same-named .txt captions (kohya folders too)")
+    embedding.add_argument("--base", required=True, help="the checkpoint to train for: a name in --models-dir or a path")
+    embedding.add_argument("--token", required=True, help="the new word, as captions (and later prompts) write it")
+    embedding.add_argument("--init-word", dest="init_word", required=True, help="a word to start the vectors from")
+    embedding.add_argument("-o", "--output", type=Path, default=None, help="the embedding file (default: TOKEN.safetensors)")
+    for flag, kind, default, text in (("--vectors", int, 1, "vectors per token"), ("--steps", int, 500, "training steps"),
+                                      ("--lr", float, 5e-3, "learning rate"),
+                                      ("--resolution", int, 512, "training resolution (buckets of about its area)"),
+                                      ("--batch-size", int, 1, "pictures per step"), ("--seed", int, 0, "seed"),
+                                      ("--checkpoint-every", int, 100, "steps between saved states (for --resume)")):
+        embedding.add_argument(flag, dest=flag[2:].replace("-", "_"), type=kind, default=default,
+                               help=f"{text} (default {default})")
+    embedding.add_argument("--resume", action="store_true", help="continue the run saved in the state folder")
+    embedding.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when present)")
+    embedding.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_model_options(embedding)
+    embedding.set_defaults(run=run_embedding)
+
 
 def run_base(args: argparse.Namespace) -> int:
     import torch
@@ -114,28 +137,45 @@ def run_base(args: argparse.Namespace) -> int:
 
 
 def run_lora(args: argparse.Namespace) -> int:
+    from brushwork.train.lora import LoraTrainSettings, train_lora
+
+    settings = LoraTrainSettings(**{name: getattr(args, name) for name in (
+        "rank", "alpha", "steps", "lr", "resolution", "batch_size", "seed", "caption_dropout", "checkpoint_every",
+        "train_text_encoder")})
+    return _fine_tune(args, args.output or Path(args.data.name + ".safetensors"),
+                      lambda model, output, store, **run: train_lora(
+                          model.components, args.data, output, settings, base_name=model.name,
+                          base_hash=store.hashes.sha256(model.path), **run))
+
+
+def run_embedding(args: argparse.Namespace) -> int:
+    from brushwork.train.embedding import EmbeddingTrainSettings, train_embedding
+
+    settings = EmbeddingTrainSettings(**{name: getattr(args, name) for name in (
+        "token", "init_word", "vectors", "steps", "lr", "resolution", "batch_size", "seed", "checkpoint_every")})
+    return _fine_tune(args, args.output or Path(args.token + ".safetensors"),
+                      lambda model, output, store, **run: train_embedding(
+                          model.components, args.data, output, settings, base_hash=store.hashes.sha256(model.path),
+                          **run))
+
+
+def _fine_tune(args: argparse.Namespace, output: Path, train) -> int:
+    """Load the base, run `train` with Ctrl-C saving the state, and say where the file is."""
     import torch
 
     from brushwork.models.store import ModelStore
-    from brushwork.train.lora import LoraTrainSettings, train_lora
     from brushwork.train.loop import TrainingInterrupted
 
-    output = args.output or Path(args.data.name + ".safetensors")
     if output.suffix.lower() != ".safetensors":
         raise BrushworkError(f"-o/--output: write a .safetensors file, got {output}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     store = ModelStore(args.models_dir, device=device, dtype=torch.float32, allow_pickle=args.allow_pickle,
                        allow_paths=True)
     model = store.load(args.base)
-    settings = LoraTrainSettings(**{name: getattr(args, name) for name in (
-        "rank", "alpha", "steps", "lr", "resolution", "batch_size", "seed", "caption_dropout", "checkpoint_every",
-        "train_text_encoder")})
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: _request_stop(stop))
     try:
-        result = train_lora(model.components, args.data, output, settings, base_name=model.name,
-                            base_hash=store.hashes.sha256(model.path), resume=args.resume, progress=args.progress,
-                            should_stop=stop.is_set)
+        result = train(model, output, store, resume=args.resume, progress=args.progress, should_stop=stop.is_set)
     except TrainingInterrupted as stopped:
         print(f"\nstopped: saved after step {stopped.step}; run the same command with --resume to continue",
               file=sys.stderr)

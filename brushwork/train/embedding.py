@@ -1,0 +1,137 @@
+"""`brushwork train embedding`: textual inversion, a few new token vectors for an SD 1.x/2.x checkpoint.
+
+Only the vectors learn; the model stays as it is. They start as the encoding of `init_word` and are placed in
+each caption where the token is, exactly as the engine places a finished embedding (engine/embeddings.py: a
+hook on the token-embedding layer, the vectors never split between chunks), so what trains is what will be
+used. A caption without the token gets it in front. The output is A1111's `.safetensors` layout
+(`emb_params` [vectors, width]); its file name is the word that calls it in a prompt.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from diffusers import DDPMScheduler
+from safetensors.torch import save_file
+
+from brushwork.engine.embeddings import EmbeddingMatcher, vectors_hook
+from brushwork.errors import BrushworkError
+from brushwork.models.components import Components
+from brushwork.prompts import build_chunks
+from brushwork.train.finetune import batch_order, curated_examples, diffusion_loss, encode_pictures, noisy_batch, run_state
+from brushwork.train.loop import LoopHooks, learning_rate, run_steps
+
+
+@dataclass(frozen=True)
+class EmbeddingTrainSettings:
+    token: str
+    init_word: str
+    vectors: int = 1
+    steps: int = 500
+    lr: float = 5e-3
+    resolution: int = 512
+    batch_size: int = 1
+    seed: int = 0
+    checkpoint_every: int = 100
+
+
+@dataclass
+class EmbeddingTrainResult:
+    output: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    pictures: int = 0
+
+
+class _Learnt:
+    """What the prompt matcher needs to know of the embedding being trained: how many vectors it has."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+
+def train_embedding(components: Components, data_dir: Path, output: Path, settings: EmbeddingTrainSettings, *,
+                    base_hash: str, resume: bool = False, progress: bool = True,
+                    should_stop: Callable[[], bool] | None = None,
+                    on_step: Callable[[str, int, float], None] | None = None) -> EmbeddingTrainResult:
+    if components.model_family.size_conditioning:
+        raise BrushworkError("train embedding: SDXL bases are not supported yet; use an SD 1.x or 2.x checkpoint")
+    if not settings.token.strip() or settings.vectors < 1 or settings.steps < 1:
+        raise BrushworkError("train embedding: give a --token, and --vectors and --steps of at least 1")
+    state = run_state(output, {"settings": asdict(settings), "base": base_hash, "data": str(Path(data_dir).resolve())},
+                      resume)
+    kept = curated_examples(data_dir, output, settings.resolution, "train embedding")
+    for module in components.modules():
+        module.requires_grad_(False)
+    pictures = encode_pictures(components, kept, settings.resolution)
+    for picture in pictures:
+        if settings.token not in picture.caption:
+            picture.caption = f"{settings.token}, {picture.caption}"
+
+    tokenizer, text_encoder, unet = components.tokenizers[0], components.text_encoders[0], components.unet
+    layer = getattr(text_encoder, "text_model", text_encoder).embeddings.token_embedding
+
+    def tokenize(pieces: list[str]) -> list[list[int]]:
+        return tokenizer(pieces, add_special_tokens=False, truncation=False).input_ids
+
+    init_ids = tokenize([settings.init_word])[0]
+    if not init_ids:
+        raise BrushworkError(f"--init-word {settings.init_word!r} has no tokens")
+    with torch.no_grad():
+        start_vectors = layer.weight[torch.tensor(init_ids, device=layer.weight.device)].float()
+    vectors = start_vectors.mean(0, keepdim=True).repeat(settings.vectors, 1).clone().requires_grad_(True)
+    optimizer = torch.optim.AdamW([vectors], lr=settings.lr, weight_decay=0.0)
+    scheduler = DDPMScheduler.from_config(components.scheduler_config)
+    matcher = EmbeddingMatcher({settings.token: _Learnt(settings.vectors)}, tokenize)
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
+
+    start = 0
+    saved = state.load("embedding.pt") if resume else None
+    if saved is not None:
+        with torch.no_grad():
+            vectors.copy_(saved["vectors"])
+        optimizer.load_state_dict(saved["optimizer"])
+        start = int(saved["step"])
+    order = batch_order(pictures, settings.batch_size, settings.seed)
+    device = unet.device
+
+    def step(index: int) -> float:
+        batch = order(index)
+        generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + index)
+        chunks = [build_chunks(pictures[i].caption, tokenize, bos_id=tokenizer.bos_token_id,
+                               eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                               comma_id=None if comma == tokenizer.unk_token_id else comma,
+                               find_embedding=matcher)[0] for i in batch]  # the first chunk, as trainers use
+        ids = torch.tensor([chunk.tokens for chunk in chunks], device=device)
+        noisy, timesteps, target = noisy_batch(components, scheduler, [pictures[i] for i in batch], generator)
+        with torch.set_grad_enabled(True):
+            rows = {row: [(position, vectors) for position, _ in chunk.fixes] for row, chunk in enumerate(chunks)}
+            handle = layer.register_forward_hook(vectors_hook(rows))
+            try:
+                context = text_encoder(ids)[0]
+            finally:
+                handle.remove()
+            loss = diffusion_loss(unet, noisy, timesteps, target, context)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(index, settings.steps, settings.lr, 0, 1.0)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return float(loss)
+
+    def checkpoint(done: int) -> None:
+        state.save("embedding.pt", {"step": done, "vectors": vectors.detach().clone(),
+                                    "optimizer": optimizer.state_dict()})
+
+    result = run_steps("embedding", start, settings.steps, step,
+                       LoopHooks(checkpoint=checkpoint, checkpoint_every=settings.checkpoint_every,
+                                 should_stop=should_stop, on_step=on_step, progress=progress))
+    metadata = {"token": settings.token, "init_word": settings.init_word, "step": str(settings.steps),
+                "sd_checkpoint": base_hash[:10], "trained_at": f"{time.time():.0f}"}
+    save_file({"emb_params": vectors.detach().float().cpu().contiguous()}, str(output), metadata=metadata)
+    return EmbeddingTrainResult(output, settings.steps, result.losses, result.seconds, len(kept))
