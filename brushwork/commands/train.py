@@ -106,6 +106,34 @@ def add_parser(subparsers) -> None:
     add_model_options(embedding)
     embedding.set_defaults(run=run_embedding)
 
+    dreambooth = kinds.add_parser(
+        "dreambooth", help="fine-tune a whole SD 1.x/2.x checkpoint on pictures of one subject (prior preservation)",
+        description="Trains the U-Net (and the text encoder with --train-text-encoder) on the pictures with the "
+                    "instance prompt. With --class-images N the base model first paints N pictures of the class "
+                    "prompt (kept in the state folder) and their loss, weighted by --prior-weight, keeps the class "
+                    "as it was. Writes a single-file checkpoint.")
+    dreambooth.add_argument("data", type=Path, help="pictures of the subject (captions are not needed)")
+    dreambooth.add_argument("--base", required=True, help="the checkpoint to fine-tune: a name in --models-dir or a path")
+    dreambooth.add_argument("--instance-prompt", dest="instance_prompt", required=True, help='e.g. "a photo of sks dog"')
+    dreambooth.add_argument("--class-prompt", dest="class_prompt", default="", help='e.g. "a photo of a dog"')
+    dreambooth.add_argument("-o", "--output", type=Path, default=None, help="the checkpoint (default: DATA.safetensors)")
+    for flag, kind, default, text in (("--class-images", int, 0, "class pictures for prior preservation (0: none)"),
+                                      ("--prior-weight", float, 1.0, "weight of the class pictures' loss"),
+                                      ("--steps", int, 400, "training steps"), ("--lr", float, 5e-6, "learning rate"),
+                                      ("--resolution", int, 512, "training resolution (buckets of about its area)"),
+                                      ("--batch-size", int, 1, "pictures per step"),
+                                      ("--class-steps", int, 20, "sampling steps for the class pictures"),
+                                      ("--seed", int, 0, "seed"),
+                                      ("--checkpoint-every", int, 100, "steps between saved states (for --resume)")):
+        dreambooth.add_argument(flag, dest=flag[2:].replace("-", "_"), type=kind, default=default,
+                                help=f"{text} (default {default})")
+    dreambooth.add_argument("--train-text-encoder", dest="train_text_encoder", action="store_true")
+    dreambooth.add_argument("--resume", action="store_true", help="continue the run saved in the state folder")
+    dreambooth.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when present)")
+    dreambooth.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_model_options(dreambooth)
+    dreambooth.set_defaults(run=run_dreambooth)
+
 
 def run_base(args: argparse.Namespace) -> int:
     import torch
@@ -157,6 +185,29 @@ def run_embedding(args: argparse.Namespace) -> int:
                       lambda model, output, store, **run: train_embedding(
                           model.components, args.data, output, settings, base_hash=store.hashes.sha256(model.path),
                           **run))
+
+
+def run_dreambooth(args: argparse.Namespace) -> int:
+    from brushwork.engine.engine import Engine
+    from brushwork.recipe import Recipe
+    from brushwork.train.dreambooth import DreamBoothSettings, train_dreambooth
+
+    settings = DreamBoothSettings(**{name: getattr(args, name) for name in (
+        "instance_prompt", "class_prompt", "class_images", "prior_weight", "steps", "lr", "resolution", "batch_size",
+        "train_text_encoder", "class_steps", "seed", "checkpoint_every")})
+
+    def train(model, output, store, **run):
+        engine = Engine(store)
+
+        def paint(prompt: str, seed: int, size: int):  # the base model, before any training step changes it
+            recipe = Recipe(prompt=prompt, seed=seed, steps=settings.class_steps, width=size, height=size,
+                            model=str(model.path))
+            return engine.run(recipe).images[0].image
+
+        return train_dreambooth(model.components, paint, args.data, output, settings,
+                                base_hash=store.hashes.sha256(model.path), **run)
+
+    return _fine_tune(args, args.output or Path(args.data.name + ".safetensors"), train)
 
 
 def _fine_tune(args: argparse.Namespace, output: Path, train) -> int:

@@ -37,9 +37,9 @@ class Example:
     repeats: int = 1
 
 
-def scan_folder(folder: Path) -> list[Example]:
-    """Every picture below `folder` with its caption (sorted by path); a picture with no caption anywhere is
-    an error naming it, so a training run never learns from an empty caption by accident."""
+def scan_folder(folder: Path, default_caption: str = "") -> list[Example]:
+    """Every picture below `folder` with its caption (sorted by path); a picture with no caption anywhere takes
+    `default_caption`, and without one is an error naming it, so a run never learns an empty caption by accident."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise BrushworkError(f"training data folder not found: {folder}")
@@ -51,7 +51,7 @@ def scan_folder(folder: Path) -> list[Example]:
         if text_file.is_file():
             caption = text_file.read_text(encoding="utf-8", errors="replace").strip()
         else:
-            caption = listed.get(path.relative_to(folder).as_posix(), folder_caption)
+            caption = listed.get(path.relative_to(folder).as_posix(), folder_caption) or default_caption
         if not caption:
             missing.append(path.relative_to(folder).as_posix())
             continue

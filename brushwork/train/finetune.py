@@ -38,9 +38,10 @@ def run_state(output: Path, run: dict[str, Any], resume: bool) -> TrainingState:
     return state
 
 
-def curated_examples(data_dir: Path, output: Path, resolution: int, command: str) -> list[Example]:
+def curated_examples(data_dir: Path, output: Path, resolution: int, command: str,
+                     default_caption: str = "") -> list[Example]:
     """The pictures curation keeps; its report is saved beside the output (`NAME.curation.json`)."""
-    examples = scan_folder(data_dir)
+    examples = scan_folder(data_dir, default_caption=default_caption)
     report = curate(examples, Path(data_dir).expanduser(), CurationSettings(resolution=resolution))
     output.parent.mkdir(parents=True, exist_ok=True)
     report_path = output.with_suffix(".curation.json")

@@ -1,0 +1,167 @@
+"""`brushwork train dreambooth`: fine-tune a whole SD 1.x/2.x checkpoint on a few pictures of one subject.
+
+Every instance picture is trained with the instance prompt ("a photo of sks dog"). With prior preservation
+(`class_images` > 0) the base model first paints that many pictures of the class prompt ("a photo of a dog")
+through the Engine, kept in the state folder so a second run (or --resume) does not paint them again, and
+every step adds their loss, weighted by `prior_weight`: the model learns the subject without forgetting what
+the class looks like. The output is a single-file checkpoint in the ldm layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from diffusers import DDPMScheduler
+
+from brushwork.errors import BrushworkError
+from brushwork.models.components import Components
+from brushwork.models.single_file import save_single_file
+from brushwork.train.dataset import Example
+from brushwork.train.finetune import (
+    Picture,
+    batch_order,
+    curated_examples,
+    diffusion_loss,
+    encode_pictures,
+    noisy_batch,
+    run_state,
+)
+from brushwork.train.loop import LoopHooks, learning_rate, run_steps
+
+CLASS_FOLDER = "class-images"
+
+
+@dataclass(frozen=True)
+class DreamBoothSettings:
+    instance_prompt: str
+    class_prompt: str = ""
+    class_images: int = 0  # 0: no prior preservation
+    prior_weight: float = 1.0
+    steps: int = 400
+    lr: float = 5e-6
+    resolution: int = 512
+    batch_size: int = 1
+    train_text_encoder: bool = False
+    class_steps: int = 20  # sampling steps for the class pictures
+    seed: int = 0
+    checkpoint_every: int = 100
+
+
+@dataclass
+class DreamBoothResult:
+    output: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    pictures: int = 0
+    class_pictures_made: int = 0  # painted in this run (the rest came from the state folder)
+
+
+def train_dreambooth(components: Components, paint: Callable[[str, int, int], object], data_dir: Path,
+                     output: Path, settings: DreamBoothSettings, *, base_hash: str, resume: bool = False,
+                     progress: bool = True, should_stop: Callable[[], bool] | None = None,
+                     on_step: Callable[[str, int, float], None] | None = None) -> DreamBoothResult:
+    """`paint(prompt, seed, size)` makes one class picture with the base model (the Engine, in the CLI)."""
+    if components.model_family.size_conditioning:
+        raise BrushworkError("train dreambooth: SDXL bases are not supported yet; use an SD 1.x or 2.x checkpoint")
+    if not settings.instance_prompt.strip():
+        raise BrushworkError("train dreambooth: give an --instance-prompt, e.g. \"a photo of sks dog\"")
+    if settings.class_images and not settings.class_prompt.strip():
+        raise BrushworkError("train dreambooth: prior preservation (--class-images) needs a --class-prompt")
+    state = run_state(output, {"settings": asdict(settings), "base": base_hash, "data": str(Path(data_dir).resolve())},
+                      resume)
+    kept = curated_examples(data_dir, output, settings.resolution, "train dreambooth",
+                            default_caption=settings.instance_prompt)  # instance pictures need no captions
+    made = _class_pictures(state.folder / CLASS_FOLDER, paint, settings)
+
+    for module in components.modules():
+        module.requires_grad_(False)
+    instances = [Picture(p.latents, settings.instance_prompt, p.bucket)
+                 for p in encode_pictures(components, kept, settings.resolution)]
+    classes = []
+    if settings.class_images:
+        class_examples = [Example(path, settings.class_prompt) for path in _class_paths(state.folder / CLASS_FOLDER)]
+        classes = encode_pictures(components, class_examples, settings.resolution)
+    trained = [components.unet] + ([components.text_encoders[0]] if settings.train_text_encoder else [])
+    for module in trained:
+        module.requires_grad_(True)
+        module.float()
+    parameters = [p for module in trained for p in module.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=1e-2)
+    scheduler = DDPMScheduler.from_config(components.scheduler_config)
+    tokenizer, text_encoder, unet = components.tokenizers[0], components.text_encoders[0], components.unet
+
+    start = 0
+    saved = state.load("dreambooth.pt") if resume else None
+    if saved is not None:
+        for module, weights in zip(trained, saved["modules"]):
+            module.load_state_dict(weights)
+        optimizer.load_state_dict(saved["optimizer"])
+        start = int(saved["step"])
+    instance_order = batch_order(instances, settings.batch_size, settings.seed)
+    class_order = batch_order(classes, settings.batch_size, settings.seed + 1) if classes else None
+
+    def encode(prompts: list[str]) -> torch.Tensor:
+        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(unet.device)
+        return text_encoder(ids)[0]
+
+    def step(index: int) -> float:
+        generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + index)
+        with torch.set_grad_enabled(True):
+            batch = [instances[i] for i in instance_order(index)]
+            loss = diffusion_loss(unet, *noisy_batch(components, scheduler, batch, generator),
+                                  encode([p.caption for p in batch]))
+            if class_order is not None:
+                prior = [classes[i] for i in class_order(index)]
+                loss = loss + settings.prior_weight * diffusion_loss(
+                    unet, *noisy_batch(components, scheduler, prior, generator), encode([p.caption for p in prior]))
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(index, settings.steps, settings.lr, 0, 1.0)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return float(loss)
+
+    def checkpoint(done: int) -> None:
+        state.save("dreambooth.pt", {"step": done, "optimizer": optimizer.state_dict(),
+                                     "modules": [module.state_dict() for module in trained]})
+
+    for module in trained:
+        module.train()
+    try:
+        result = run_steps("dreambooth", start, settings.steps, step,
+                           LoopHooks(checkpoint=checkpoint, checkpoint_every=settings.checkpoint_every,
+                                     should_stop=should_stop, on_step=on_step, progress=progress))
+    finally:
+        for module in trained:
+            module.eval()
+            module.requires_grad_(False)
+    save_single_file(components, output, metadata={"brushwork.dreambooth": settings.instance_prompt})
+    return DreamBoothResult(output, settings.steps, result.losses, result.seconds, len(kept), made)
+
+
+def _class_paths(folder: Path) -> list[Path]:
+    return sorted(folder.glob("class-*.png"))
+
+
+def _class_pictures(folder: Path, paint: Callable[[str, int, int], object], settings: DreamBoothSettings) -> int:
+    """Paint the class pictures the state folder does not hold yet; how many were painted."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made = 0
+    for number in range(settings.class_images):
+        path = folder / f"class-{number:04d}.png"
+        if path.is_file():
+            continue
+        picture = paint(settings.class_prompt, settings.seed + number, settings.resolution)
+        partial = path.with_name(path.name + ".partial.png")
+        picture.save(partial)
+        partial.replace(path)  # a picture half-written by a killed run is never taken for a finished one
+        made += 1
+    for extra in _class_paths(folder)[settings.class_images:]:
+        extra.unlink()  # from an earlier run that asked for more
+    return made
+

@@ -1,0 +1,71 @@
+"""`brushwork train dreambooth` on a tiny SD 1.x model: class pictures painted once by the base model (kept in
+the state folder), their loss changes the result, the output is a checkpoint brushwork paints with."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from brushwork.cli import main
+from brushwork.engine.engine import Engine
+from brushwork.models.store import ModelStore
+from brushwork.recipe import Recipe
+from brushwork.shapes import make_dataset
+from tiny_models import write_tiny_checkpoint
+
+FLAGS = ["--instance-prompt", "a photo of sks shape", "--class-prompt", "a photo of a shape", "--resolution", "64",
+         "--steps", "3", "--lr", "1e-4", "--class-steps", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dreambooth")
+    models = root / "models"
+    (models / "Stable-diffusion").mkdir(parents=True)
+    write_tiny_checkpoint("sd1", models / "Stable-diffusion" / "tiny.safetensors")
+    make_dataset(root / "subject", 2, seed=9, size=64, split="all")
+    for caption in (root / "subject").glob("*.txt"):
+        caption.unlink()  # DreamBooth's pictures need no captions: the instance prompt is theirs
+    (root / "subject" / "metadata.jsonl").unlink()
+    return root, models
+
+
+def train(setup, output, *extra) -> int:
+    root, models = setup
+    return main(["train", "dreambooth", str(root / "subject"), "--base", "tiny", "--models-dir", str(models),
+                 "-o", str(output), *FLAGS, *extra])
+
+
+def test_prior_preservation_paints_once_and_changes_the_result(setup, tmp_path):
+    root, models = setup
+    with_prior = tmp_path / "with.safetensors"
+    assert train(setup, with_prior, "--class-images", "2") == 0
+    classes = sorted((tmp_path / "with.train" / "class-images").glob("class-*.png"))
+    assert len(classes) == 2
+    stamps = [path.stat().st_mtime_ns for path in classes]
+    assert train(setup, with_prior, "--class-images", "2") == 0  # again: the class pictures are not painted again
+    assert [path.stat().st_mtime_ns for path in classes] == stamps
+
+    without = tmp_path / "without.safetensors"
+    assert train(setup, without, "--class-images", "2", "--prior-weight", "0") == 0
+    a, b = load_file(with_prior), load_file(without)
+    unet = [key for key in a if key.startswith("model.diffusion_model.")]
+    assert any(not torch.equal(a[key], b[key]) for key in unet)  # the prior's loss changed the training
+
+    base = load_file(models / "Stable-diffusion" / "tiny.safetensors")
+    assert any(not torch.equal(a[key], base[key].to(a[key].dtype)) for key in unet)
+    engine = Engine(ModelStore(allow_paths=True))
+    recipe = dict(prompt="a photo of sks shape", steps=2, width=64, height=64, seed=1, sampler="Euler")
+    tuned = engine.run(Recipe(**recipe, model=str(with_prior))).images[0].image
+    original = engine.run(Recipe(**recipe, model=str(models / "Stable-diffusion" / "tiny.safetensors"))).images[0].image
+    assert not np.array_equal(np.asarray(tuned), np.asarray(original))
+
+
+def test_bad_requests_are_clear(setup, tmp_path, capsys):
+    root, models = setup
+    code = main(["train", "dreambooth", str(root / "subject"), "--base", "tiny", "--models-dir", str(models),
+                 "-o", str(tmp_path / "x.safetensors"), "--instance-prompt", "sks", "--class-images", "2",
+                 "--resolution", "64", "--no-progress"])
+    assert code == 2 and "needs a --class-prompt" in capsys.readouterr().err
