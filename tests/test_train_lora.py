@@ -104,3 +104,18 @@ def test_bad_requests_are_clear(setup, tmp_path, capsys):
     assert "training data folder not found" in capsys.readouterr().err
     assert train(setup, tmp_path / "x.ckpt") == 2
     assert "write a .safetensors file" in capsys.readouterr().err
+
+
+def test_tag_shuffling_keeps_the_leading_tags_and_is_fixed_by_the_seed():
+    from brushwork.train.finetune import shuffled_tags
+
+    caption = "sks dog, on grass, sunny, photo, dslr"
+    orders = {shuffled_tags(caption, 1, torch.Generator().manual_seed(seed)) for seed in range(20)}
+    assert all(order.startswith("sks dog, ") for order in orders) and len(orders) > 5
+    assert all(sorted(order.split(", ")) == sorted(caption.split(", ")) for order in orders)
+    again = shuffled_tags(caption, 1, torch.Generator().manual_seed(3))
+    assert again == shuffled_tags(caption, 1, torch.Generator().manual_seed(3))
+
+
+def test_shuffled_training_runs(setup, tmp_path):
+    assert train(setup, tmp_path / "shuffled.safetensors", "--steps", "2", "--shuffle-tags", "--keep-tokens", "1") == 0

@@ -77,6 +77,10 @@ def add_parser(subparsers) -> None:
                                       ("--checkpoint-every", int, 100, "steps between saved states (for --resume)")):
         lora.add_argument(flag, dest=flag[2:].replace("-", "_"), type=kind, default=default, help=f"{text} (default {default})")
     lora.add_argument("--train-text-encoder", dest="train_text_encoder", action="store_true")
+    lora.add_argument("--shuffle-tags", dest="shuffle_tags", action="store_true",
+                      help="shuffle the comma-separated caption tags every step (kohya's shuffle_caption)")
+    lora.add_argument("--keep-tokens", dest="keep_tokens", type=int, default=0,
+                      help="with --shuffle-tags: how many leading tags stay in place (default 0)")
     lora.add_argument("--resume", action="store_true", help="continue the run saved in the state folder")
     lora.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when present)")
     lora.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -169,7 +173,7 @@ def run_lora(args: argparse.Namespace) -> int:
 
     settings = LoraTrainSettings(**{name: getattr(args, name) for name in (
         "rank", "alpha", "steps", "lr", "resolution", "batch_size", "seed", "caption_dropout", "checkpoint_every",
-        "train_text_encoder")})
+        "train_text_encoder", "shuffle_tags", "keep_tokens")})
     return _fine_tune(args, args.output or Path(args.data.name + ".safetensors"),
                       lambda model, output, store, **run: train_lora(
                           model.components, args.data, output, settings, base_name=model.name,

@@ -99,6 +99,15 @@ def batch_order(pictures: list[Picture], batch_size: int, seed: int) -> Callable
     return batch
 
 
+def shuffled_tags(caption: str, keep: int, generator: torch.Generator) -> str:
+    """kohya's shuffle_caption with keep_tokens: the comma-separated tags after the first `keep` in a random
+    order drawn from `generator` (so each step's order is fixed by its seed)."""
+    tags = [tag.strip() for tag in caption.split(",") if tag.strip()]
+    kept, rest = tags[:keep], tags[keep:]
+    order = torch.randperm(len(rest), generator=generator).tolist() if rest else []
+    return ", ".join(kept + [rest[i] for i in order])
+
+
 def noisy_batch(components: Components, scheduler, pictures: list[Picture],
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(noisy latents, timesteps, target) for one batch, every draw from `generator`; the target is what the

@@ -22,7 +22,15 @@ from safetensors.torch import save_file
 
 from brushwork.errors import BrushworkError
 from brushwork.models.components import Components
-from brushwork.train.finetune import batch_order, curated_examples, diffusion_loss, encode_pictures, noisy_batch, run_state
+from brushwork.train.finetune import (
+    batch_order,
+    curated_examples,
+    diffusion_loss,
+    encode_pictures,
+    noisy_batch,
+    run_state,
+    shuffled_tags,
+)
 from brushwork.train.loop import LoopHooks, learning_rate, run_steps
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # kohya's default LoRA targets in attention
@@ -40,6 +48,8 @@ class LoraTrainSettings:
     batch_size: int = 1
     train_text_encoder: bool = False
     caption_dropout: float = 0.0
+    shuffle_tags: bool = False  # kohya's shuffle_caption
+    keep_tokens: int = 0  # tags at the front that stay in place when shuffling
     seed: int = 0
     checkpoint_every: int = 100
 
@@ -102,6 +112,8 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
         generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + index)
         captions = [pictures[i].caption if torch.rand((), generator=generator) >= settings.caption_dropout else ""
                     for i in batch]
+        if settings.shuffle_tags:
+            captions = [shuffled_tags(caption, settings.keep_tokens, generator) for caption in captions]
         ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids.to(device)
         noisy, timesteps, target = noisy_batch(components, scheduler, [pictures[i] for i in batch], generator)
