@@ -82,3 +82,24 @@ def test_a_hundred_lora_jobs_leave_the_model_bit_identical(models, tmp_path):
     fresh = weights(ModelStore(models).load("tiny").components)
     now = weights(store.load("tiny").components)
     assert now.keys() == fresh.keys() and all(now[key].equal(fresh[key]) for key in fresh)
+
+
+def test_a_job_of_several_batches_applies_its_loras_once(models, tmp_path, monkeypatch):
+    from brushwork.models.patches import patcher
+
+    applied = []
+    real = patcher.ModelPatcher.applied
+
+    def counting(self, patches):
+        applied.append(len(patches))
+        return real(self, patches)
+
+    monkeypatch.setattr(patcher.ModelPatcher, "applied", counting)
+    store = ModelStore(models, hash_cache=tmp_path / "hashes.json")
+    app = create_app(Settings(models_dir=models, data_dir=tmp_path / "data", limits=TEST_LIMITS), store=store)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.post("/api/v1/jobs", json={"prompt": "x <lora:ink:0.5>", "steps": 2, "width": 32,
+                                                     "height": 32, "batch_count": 3, "seed": 4})
+        job = wait_done(client, response.json()["id"])
+    assert job["state"] == "done" and len(job["images"]) == 3
+    assert applied == [1]  # one LoRA, applied once for the three batches

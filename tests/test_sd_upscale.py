@@ -182,7 +182,7 @@ def test_infotext_round_trip_and_from_png_makes_the_picture_again(setup):
     again, index = recipe_from_png(path)
     assert index == 1 and again.sd_upscale == recipe.sd_upscale
     again = again.model_copy(update={"model": recipe.model})  # as `--model PATH` next to --from-png does
-    remade = engine.run(again, only_batch=index // again.batch_size).images[0]
+    remade = engine.run(again, batches=[index // again.batch_size]).images[0]
     assert np.array_equal(np.asarray(remade.image), np.asarray(image.image))
 
 

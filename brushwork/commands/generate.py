@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     store = ModelStore(args.models_dir, device=device, allow_pickle=args.allow_pickle, allow_paths=True)
     engine = Engine(store)
-    only_batch = None if only_index is None else only_index // recipe.batch_size
+    batches = None if only_index is None else [only_index // recipe.batch_size]
 
     stop = threading.Event()
     previous_handler = signal.signal(signal.SIGINT, lambda *_: _request_stop(stop))
@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     saved = []
     result = Result(recipe=recipe)
     try:
-        with closing(engine.generate(recipe, on_progress=on_progress, should_stop=stop.is_set, only_batch=only_batch,
+        with closing(engine.generate(recipe, on_progress=on_progress, should_stop=stop.is_set, batches=batches,
                                      result=result)) as images:
             for generated in images:
                 if only_index is not None and generated.index != only_index:

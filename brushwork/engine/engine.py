@@ -215,12 +215,13 @@ class Engine:
         *,
         on_progress: Callable[[Progress], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
-        only_batch: int | None = None,
+        batches: Sequence[int] | None = None,
         result: Result | None = None,
     ) -> Iterator[GeneratedImage]:
         """Yield each image as soon as its batch is decoded, so a cancelled run keeps finished work.
 
-        `only_batch` runs just that batch (re-making one picture of a larger recipe exactly).
+        `batches` runs just those batches (re-making one picture of a larger recipe exactly, or the batches a
+        restarted job has left), its LoRAs applied once for all of them.
         """
         result = result if result is not None else Result(recipe=recipe)
         if recipe.sd_upscale is not None:
@@ -239,11 +240,11 @@ class Engine:
         # The LoRAs change the shared model for this job only: restored when the last picture is made, when
         # the job fails, and when the caller stops early (closing this generator).
         with model.components.patcher.applied(patches):
-            yield from self._generate_patched(recipe, model, result, started, on_progress, should_stop, only_batch)
+            yield from self._generate_patched(recipe, model, result, started, on_progress, should_stop, batches)
         result.timings["total"] = time.perf_counter() - started
 
     def _generate_patched(self, recipe: Recipe, model: LoadedModel, result: Result, started: float,
-                          on_progress, should_stop, only_batch: int | None) -> Iterator[GeneratedImage]:
+                          on_progress, should_stop, batches: Sequence[int] | None) -> Iterator[GeneratedImage]:
         components = model.components
         device, dtype = self.store.device, self.store.dtype
 
@@ -263,7 +264,7 @@ class Engine:
         result.notes.extend(lora_notes(recipe))
 
         init = load_image(recipe.init_image, what="init_image").convert("RGB") if upscaling else None
-        batches = range(recipe.batch_count) if only_batch is None else [only_batch]
+        batches = range(recipe.batch_count) if batches is None else batches
         for batch in batches:
             seeds = [recipe.seed + batch * recipe.batch_size + i for i in range(recipe.batch_size)]
 

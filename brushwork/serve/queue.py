@@ -517,22 +517,27 @@ class JobQueue:
             run.steps = _StepCounter(recipe, credited_batches=len(finished))
             with self._lock:
                 run.progress = JobProgress(step=run.steps.credited, total=run.steps.total)
-            for batch in range(recipe.batch_count):
-                if batch in finished:
-                    continue
+            remaining = [batch for batch in range(recipe.batch_count) if batch not in finished]
+            while remaining:  # one engine call for all of them: the job's LoRAs are applied once
                 try:
                     # closing: a failed save ends the generator (and restores the job's LoRA patches) at once.
-                    with closing(self.engine.generate(recipe, only_batch=batch, on_progress=self._reporter(run),
+                    with closing(self.engine.generate(recipe, batches=remaining, on_progress=self._reporter(run),
                                                       should_stop=run.should_stop, result=result)) as images:
                         for image in images:
                             if image.index not in done:
                                 self._save(run, job, image)
+                    remaining = []
                 except Cancelled:
                     if run.cancelled or run.shutdown or not run.skip:
                         raise
-                    run.skip = False  # A1111's skip: drop this batch, go on with the next
-                    skipped.add(batch)
-                    self._jobs.set_skipped(job.id, skipped)
+                    run.skip = False  # A1111's skip: drop the batch being made, go on with the next
+                    saved = self._images.recorded_indices(job.id)
+                    current = next((batch for batch in remaining
+                                    if not saved.issuperset(range(batch * size, (batch + 1) * size))), None)
+                    if current is not None:
+                        skipped.add(current)
+                        self._jobs.set_skipped(job.id, skipped)
+                    remaining = [batch for batch in remaining if current is not None and batch > current]
         except Cancelled:
             self._end_stopped(run, [job])
         except Exception as error:
