@@ -119,3 +119,10 @@ def test_tag_shuffling_keeps_the_leading_tags_and_is_fixed_by_the_seed():
 
 def test_shuffled_training_runs(setup, tmp_path):
     assert train(setup, tmp_path / "shuffled.safetensors", "--steps", "2", "--shuffle-tags", "--keep-tokens", "1") == 0
+
+
+def test_sample_pictures_every_n_steps(setup, tmp_path):
+    output = tmp_path / "sampled.safetensors"
+    assert train(setup, output, "--steps", "4", "--sample-every", "2", "--sample-prompt", "a red circle") == 0
+    samples = sorted(p.name for p in (tmp_path / "sampled.train" / "samples").iterdir())
+    assert samples == ["step-000002.png", "step-000004.png"]

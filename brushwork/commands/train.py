@@ -81,6 +81,10 @@ def add_parser(subparsers) -> None:
                       help="shuffle the comma-separated caption tags every step (kohya's shuffle_caption)")
     lora.add_argument("--keep-tokens", dest="keep_tokens", type=int, default=0,
                       help="with --shuffle-tags: how many leading tags stay in place (default 0)")
+    lora.add_argument("--sample-every", dest="sample_every", type=int, default=0,
+                      help="paint a sample picture every N steps into the state folder's samples/ (default 0: none)")
+    lora.add_argument("--sample-prompt", dest="sample_prompt", default="",
+                      help="the samples' prompt (default: the first picture's caption)")
     lora.add_argument("--resume", action="store_true", help="continue the run saved in the state folder")
     lora.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when present)")
     lora.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -173,11 +177,27 @@ def run_lora(args: argparse.Namespace) -> int:
 
     settings = LoraTrainSettings(**{name: getattr(args, name) for name in (
         "rank", "alpha", "steps", "lr", "resolution", "batch_size", "seed", "caption_dropout", "checkpoint_every",
-        "train_text_encoder", "shuffle_tags", "keep_tokens")})
-    return _fine_tune(args, args.output or Path(args.data.name + ".safetensors"),
-                      lambda model, output, store, **run: train_lora(
-                          model.components, args.data, output, settings, base_name=model.name,
-                          base_hash=store.hashes.sha256(model.path), **run))
+        "train_text_encoder", "shuffle_tags", "keep_tokens", "sample_every", "sample_prompt")})
+
+    def train(model, output, store, **run):
+        return train_lora(model.components, args.data, output, settings, base_name=model.name,
+                          base_hash=store.hashes.sha256(model.path), paint=_painter(model, store, steps=20), **run)
+
+    return _fine_tune(args, args.output or Path(args.data.name + ".safetensors"), train)
+
+
+def _painter(model, store, steps: int):
+    """paint(prompt, seed, size): one picture with the model as it is now, through the Engine."""
+    from brushwork.engine.engine import Engine
+    from brushwork.recipe import Recipe
+
+    engine = Engine(store)
+
+    def paint(prompt: str, seed: int, size: int):
+        recipe = Recipe(prompt=prompt, seed=seed, steps=steps, width=size, height=size, model=str(model.path))
+        return engine.run(recipe).images[0].image
+
+    return paint
 
 
 def run_embedding(args: argparse.Namespace) -> int:
@@ -192,24 +212,15 @@ def run_embedding(args: argparse.Namespace) -> int:
 
 
 def run_dreambooth(args: argparse.Namespace) -> int:
-    from brushwork.engine.engine import Engine
-    from brushwork.recipe import Recipe
     from brushwork.train.dreambooth import DreamBoothSettings, train_dreambooth
 
     settings = DreamBoothSettings(**{name: getattr(args, name) for name in (
         "instance_prompt", "class_prompt", "class_images", "prior_weight", "steps", "lr", "resolution", "batch_size",
         "train_text_encoder", "class_steps", "seed", "checkpoint_every")})
 
-    def train(model, output, store, **run):
-        engine = Engine(store)
-
-        def paint(prompt: str, seed: int, size: int):  # the base model, before any training step changes it
-            recipe = Recipe(prompt=prompt, seed=seed, steps=settings.class_steps, width=size, height=size,
-                            model=str(model.path))
-            return engine.run(recipe).images[0].image
-
-        return train_dreambooth(model.components, paint, args.data, output, settings,
-                                base_hash=store.hashes.sha256(model.path), **run)
+    def train(model, output, store, **run):  # the class pictures: the base model, before any step changes it
+        return train_dreambooth(model.components, _painter(model, store, settings.class_steps), args.data, output,
+                                settings, base_hash=store.hashes.sha256(model.path), **run)
 
     return _fine_tune(args, args.output or Path(args.data.name + ".safetensors"), train)
 

@@ -52,6 +52,8 @@ class LoraTrainSettings:
     keep_tokens: int = 0  # tags at the front that stay in place when shuffling
     seed: int = 0
     checkpoint_every: int = 100
+    sample_every: int = 0  # steps between sample pictures (0: none), painted through the Engine
+    sample_prompt: str = ""  # default: the first picture's caption
 
 
 @dataclass
@@ -66,7 +68,10 @@ class LoraTrainResult:
 def train_lora(components: Components, data_dir: Path, output: Path, settings: LoraTrainSettings, *,
                base_name: str, base_hash: str, resume: bool = False, progress: bool = True,
                should_stop: Callable[[], bool] | None = None,
-               on_step: Callable[[str, int, float], None] | None = None) -> LoraTrainResult:
+               on_step: Callable[[str, int, float], None] | None = None,
+               paint: Callable[[str, int, int], object] | None = None) -> LoraTrainResult:
+    """`paint(prompt, seed, size)` makes a picture with the model as it is (the Engine, in the CLI): the sample
+    pictures every `sample_every` steps, saved in the state folder's samples/."""
     from peft import LoraConfig, inject_adapter_in_model
 
     if components.model_family.size_conditioning:
@@ -130,13 +135,25 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
         state.save("lora.pt", {"step": done, "optimizer": optimizer.state_dict(),
                                "adapters": [_adapter_weights(module) for module in trained]})
 
+    def sample(done: int) -> None:
+        for module in trained:
+            module.eval()
+        prompt = settings.sample_prompt or pictures[0].caption
+        picture = paint(prompt, settings.seed, settings.resolution)  # the adapters are live in the modules
+        (state.folder / "samples").mkdir(exist_ok=True)
+        picture.save(state.folder / "samples" / f"step-{done:06d}.png")
+        for module in trained:
+            module.train()
+
     for module in trained:
         module.train()
     started = time.time()
     try:
         result = run_steps("lora", start, settings.steps, step,
                            LoopHooks(checkpoint=checkpoint, checkpoint_every=settings.checkpoint_every,
-                                     should_stop=should_stop, on_step=on_step, progress=progress))
+                                     should_stop=should_stop, on_step=on_step, progress=progress,
+                                     sample=sample if paint is not None and settings.sample_every else None,
+                                     sample_every=settings.sample_every))
     finally:
         for module in trained:
             module.eval()
