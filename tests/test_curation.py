@@ -39,6 +39,8 @@ def planted(tmp_path_factory):
         plants[f"marked-{index}.png"] = "likely watermark or text"
     Image.open(extra / "00006.png").resize((48, 48)).save(data / "tiny.png")
     plants["tiny.png"] = "too small"
+    (data / "broken.png").write_bytes(b"not a picture")
+    plants["broken.png"] = "unreadable picture"
     for name in plants:
         (data / name).with_suffix(".txt").write_text("a picture")
     return data, plants

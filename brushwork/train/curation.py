@@ -79,8 +79,12 @@ def curate(examples: list[Example], folder: Path, settings: CurationSettings = C
     seen: list[tuple[int, str]] = []
     for example in examples:
         name = example.path.relative_to(folder).as_posix()
-        with Image.open(example.path) as opened:
-            picture = opened.convert("RGB")
+        try:
+            with Image.open(example.path) as opened:
+                picture = opened.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            report.dropped.append(Dropped(name, [f"unreadable picture: {error}"]))
+            continue
         grey = cv2.cvtColor(np.asarray(picture), cv2.COLOR_RGB2GRAY)
         reasons = []
         if min(picture.size) < min_side:
