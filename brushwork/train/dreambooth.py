@@ -9,7 +9,7 @@ the class looks like. The output is a single-file checkpoint in the ldm layout.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +21,7 @@ from brushwork.models.components import Components
 from brushwork.models.single_file import save_single_file
 from brushwork.train.dataset import Example
 from brushwork.train.finetune import (
+    FineTuneResult,
     Picture,
     batch_order,
     curated_examples,
@@ -50,20 +51,10 @@ class DreamBoothSettings:
     checkpoint_every: int = 100
 
 
-@dataclass
-class DreamBoothResult:
-    output: Path
-    steps: int
-    losses: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-    pictures: int = 0
-    class_pictures_made: int = 0  # painted in this run (the rest came from the state folder)
-
-
 def train_dreambooth(components: Components, paint: Callable[[str, int, int], object], data_dir: Path,
                      output: Path, settings: DreamBoothSettings, *, base_hash: str, resume: bool = False,
                      progress: bool = True, should_stop: Callable[[], bool] | None = None,
-                     on_step: Callable[[str, int, float], None] | None = None) -> DreamBoothResult:
+                     on_step: Callable[[str, int, float], None] | None = None) -> FineTuneResult:
     """`paint(prompt, seed, size)` makes one class picture with the base model (the Engine, in the CLI)."""
     if components.model_family.size_conditioning:
         raise BrushworkError("train dreambooth: SDXL bases are not supported yet; use an SD 1.x or 2.x checkpoint")
@@ -75,7 +66,7 @@ def train_dreambooth(components: Components, paint: Callable[[str, int, int], ob
                       resume)
     kept = curated_examples(data_dir, output, settings.resolution, "train dreambooth",
                             default_caption=settings.instance_prompt)  # instance pictures need no captions
-    made = _class_pictures(state.folder / CLASS_FOLDER, paint, settings)
+    _paint_class_pictures(state.folder / CLASS_FOLDER, paint, settings)
 
     for module in components.modules():
         module.requires_grad_(False)
@@ -141,17 +132,16 @@ def train_dreambooth(components: Components, paint: Callable[[str, int, int], ob
             module.eval()
             module.requires_grad_(False)
     save_single_file(components, output, metadata={"brushwork.dreambooth": settings.instance_prompt})
-    return DreamBoothResult(output, settings.steps, result.losses, result.seconds, len(kept), made)
+    return FineTuneResult(output, settings.steps, result.losses, result.seconds, len(kept))
 
 
 def _class_paths(folder: Path) -> list[Path]:
     return sorted(folder.glob("class-*.png"))
 
 
-def _class_pictures(folder: Path, paint: Callable[[str, int, int], object], settings: DreamBoothSettings) -> int:
-    """Paint the class pictures the state folder does not hold yet; how many were painted."""
+def _paint_class_pictures(folder: Path, paint: Callable[[str, int, int], object], settings: DreamBoothSettings) -> None:
+    """Paint the class pictures the state folder does not hold yet."""
     folder.mkdir(parents=True, exist_ok=True)
-    made = 0
     for number in range(settings.class_images):
         path = folder / f"class-{number:04d}.png"
         if path.is_file():
@@ -160,8 +150,6 @@ def _class_pictures(folder: Path, paint: Callable[[str, int, int], object], sett
         partial = path.with_name(path.name + ".partial.png")
         picture.save(partial)
         partial.replace(path)  # a picture half-written by a killed run is never taken for a finished one
-        made += 1
     for extra in _class_paths(folder)[settings.class_images:]:
         extra.unlink()  # from an earlier run that asked for more
-    return made
 

@@ -10,7 +10,7 @@ used. A caption without the token gets it in front. The output is A1111's `.safe
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +22,15 @@ from brushwork.engine.embeddings import EmbeddingMatcher, vectors_hook
 from brushwork.errors import BrushworkError
 from brushwork.models.components import Components
 from brushwork.prompts import build_chunks
-from brushwork.train.finetune import batch_order, curated_examples, diffusion_loss, encode_pictures, noisy_batch, run_state
+from brushwork.train.finetune import (
+    FineTuneResult,
+    batch_order,
+    curated_examples,
+    diffusion_loss,
+    encode_pictures,
+    noisy_batch,
+    run_state,
+)
 from brushwork.train.loop import LoopHooks, learning_rate, run_steps
 
 
@@ -39,15 +47,6 @@ class EmbeddingTrainSettings:
     checkpoint_every: int = 100
 
 
-@dataclass
-class EmbeddingTrainResult:
-    output: Path
-    steps: int
-    losses: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-    pictures: int = 0
-
-
 class _Learnt:
     """What the prompt matcher needs to know of the embedding being trained: how many vectors it has."""
 
@@ -58,7 +57,7 @@ class _Learnt:
 def train_embedding(components: Components, data_dir: Path, output: Path, settings: EmbeddingTrainSettings, *,
                     base_hash: str, resume: bool = False, progress: bool = True,
                     should_stop: Callable[[], bool] | None = None,
-                    on_step: Callable[[str, int, float], None] | None = None) -> EmbeddingTrainResult:
+                    on_step: Callable[[str, int, float], None] | None = None) -> FineTuneResult:
     if components.model_family.size_conditioning:
         raise BrushworkError("train embedding: SDXL bases are not supported yet; use an SD 1.x or 2.x checkpoint")
     if not settings.token.strip() or settings.vectors < 1 or settings.steps < 1:
@@ -134,4 +133,4 @@ def train_embedding(components: Components, data_dir: Path, output: Path, settin
     metadata = {"token": settings.token, "init_word": settings.init_word, "step": str(settings.steps),
                 "sd_checkpoint": base_hash[:10], "trained_at": f"{time.time():.0f}"}
     save_file({"emb_params": vectors.detach().float().cpu().contiguous()}, str(output), metadata=metadata)
-    return EmbeddingTrainResult(output, settings.steps, result.losses, result.seconds, len(kept))
+    return FineTuneResult(output, settings.steps, result.losses, result.seconds, len(kept))

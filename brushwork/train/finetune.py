@@ -4,7 +4,7 @@ pictures encoded once into aspect-ratio buckets, a batch order fixed by the seed
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +24,18 @@ class Picture:
     latents: torch.Tensor  # [4, h, w], scaled
     caption: str
     bucket: tuple[int, int]
+
+
+@dataclass
+class FineTuneResult:
+    """What a fine-tuning run made: its file, its steps and their losses, its time in the step loop (this
+    session's), and how many pictures it trained on."""
+
+    output: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    pictures: int = 0
 
 
 def run_state(output: Path, run: dict[str, Any], resume: bool) -> TrainingState:

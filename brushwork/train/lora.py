@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from brushwork.errors import BrushworkError
 from brushwork.models.components import Components
 from brushwork.train.finetune import (
+    FineTuneResult,
     batch_order,
     curated_examples,
     diffusion_loss,
@@ -56,20 +57,11 @@ class LoraTrainSettings:
     sample_prompt: str = ""  # default: the first picture's caption
 
 
-@dataclass
-class LoraTrainResult:
-    output: Path
-    steps: int
-    losses: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-    pictures: int = 0
-
-
 def train_lora(components: Components, data_dir: Path, output: Path, settings: LoraTrainSettings, *,
                base_name: str, base_hash: str, resume: bool = False, progress: bool = True,
                should_stop: Callable[[], bool] | None = None,
                on_step: Callable[[str, int, float], None] | None = None,
-               paint: Callable[[str, int, int], object] | None = None) -> LoraTrainResult:
+               paint: Callable[[str, int, int], object] | None = None) -> FineTuneResult:
     """`paint(prompt, seed, size)` makes a picture with the model as it is (the Engine, in the CLI): the sample
     pictures every `sample_every` steps, saved in the state folder's samples/."""
     from peft import LoraConfig, inject_adapter_in_model
@@ -159,7 +151,7 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
             module.eval()
     metadata = _metadata(settings, components, kept, base_name, base_hash, output, started)
     save_file(kohya_state_dict(components, settings), str(output), metadata=metadata)
-    return LoraTrainResult(output, settings.steps, result.losses, result.seconds, len(kept))
+    return FineTuneResult(output, settings.steps, result.losses, result.seconds, len(kept))
 
 
 def _adapter_weights(module) -> dict[str, torch.Tensor]:
