@@ -61,86 +61,73 @@ def add_parser(subparsers) -> None:
     base.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     base.set_defaults(run=run_base)
 
-    lora = kinds.add_parser(
-        "lora", help="train a LoRA for an SD 1.x/2.x checkpoint on a folder of captioned pictures",
-        description="Curates the pictures (report beside the output), buckets them by aspect ratio and trains "
-                    "peft adapters on the U-Net's attention (and the text encoder's with --train-text-encoder). "
-                    "Writes a kohya-layout .safetensors that brushwork, A1111 and ComfyUI load.")
-    lora.add_argument("data", type=Path, help="pictures with same-named .txt captions (kohya folders too)")
-    lora.add_argument("--base", required=True, help="the checkpoint to train for: a name in --models-dir or a path")
-    lora.add_argument("-o", "--output", type=Path, default=None, help="the LoRA file (default: DATA.safetensors)")
-    for flag, kind, default, text in (("--rank", int, 8, "adapter rank"), ("--alpha", float, 8.0, "LoRA alpha"),
-                                      ("--steps", int, 500, "training steps"), ("--lr", float, 1e-4, "learning rate"),
-                                      ("--resolution", int, 512, "training resolution (buckets of about its area)"),
-                                      ("--batch-size", int, 1, "pictures per step"), ("--seed", int, 0, "seed"),
-                                      ("--caption-dropout", float, 0.0, "share of steps trained with no caption"),
-                                      ("--checkpoint-every", int, 100, "steps between saved states (for --resume)")):
-        lora.add_argument(flag, dest=flag[2:].replace("-", "_"), type=kind, default=default, help=f"{text} (default {default})")
+    lora = _fine_tune_parser(
+        kinds, "lora", "train a LoRA for an SD 1.x/2.x checkpoint on a folder of captioned pictures",
+        "Curates the pictures (report beside the output), buckets them by aspect ratio and trains peft adapters on "
+        "the U-Net's attention (and the text encoder's with --train-text-encoder). Writes a kohya-layout "
+        ".safetensors that brushwork, A1111 and ComfyUI load.",
+        "pictures with same-named .txt captions (kohya folders too)", "the LoRA file (default: DATA.safetensors)",
+        (("--rank", int, 8, "adapter rank"), ("--alpha", float, 8.0, "LoRA alpha"), ("--steps", int, 500, "training steps"),
+         ("--lr", float, 1e-4, "learning rate"), ("--caption-dropout", float, 0.0, "share of steps trained with no caption"),
+         ("--keep-tokens", int, 0, "with --shuffle-tags: how many leading tags stay in place"),
+         ("--sample-every", int, 0, "paint a sample picture every N steps into the state folder's samples/ (0: none)")))
     lora.add_argument("--train-text-encoder", dest="train_text_encoder", action="store_true")
     lora.add_argument("--shuffle-tags", dest="shuffle_tags", action="store_true",
                       help="shuffle the comma-separated caption tags every step (kohya's shuffle_caption)")
-    lora.add_argument("--keep-tokens", dest="keep_tokens", type=int, default=0,
-                      help="with --shuffle-tags: how many leading tags stay in place (default 0)")
-    lora.add_argument("--sample-every", dest="sample_every", type=int, default=0,
-                      help="paint a sample picture every N steps into the state folder's samples/ (default 0: none)")
     lora.add_argument("--sample-prompt", dest="sample_prompt", default="",
                       help="the samples' prompt (default: the first picture's caption)")
-    lora.add_argument("--resume", action="store_true", help="continue the run saved in the state folder")
-    lora.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when present)")
-    lora.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    add_model_options(lora)
     lora.set_defaults(run=run_lora)
 
-    embedding = kinds.add_parser(
-        "embedding", help="textual inversion: new token vectors for an SD 1.x/2.x checkpoint",
-        description="Learns --vectors token vectors (starting from --init-word) on a folder of captioned pictures; "
-                    "the model is not changed. A caption without the token gets it in front. The file's name is "
-                    "the word that calls it in a prompt (default: TOKEN.safetensors).")
-    embedding.add_argument("data", type=Path, help="pictures with same-named .txt captions (kohya folders too)")
-    embedding.add_argument("--base", required=True, help="the checkpoint to train for: a name in --models-dir or a path")
+    embedding = _fine_tune_parser(
+        kinds, "embedding", "textual inversion: new token vectors for an SD 1.x/2.x checkpoint",
+        "Learns --vectors token vectors (starting from --init-word) on a folder of captioned pictures; the model is "
+        "not changed. A caption without the token gets it in front. The file's name is the word that calls it in a "
+        "prompt (default: TOKEN.safetensors).",
+        "pictures with same-named .txt captions (kohya folders too)", "the embedding file (default: TOKEN.safetensors)",
+        (("--vectors", int, 1, "vectors per token"), ("--steps", int, 500, "training steps"),
+         ("--lr", float, 5e-3, "learning rate")))
     embedding.add_argument("--token", required=True, help="the new word, as captions (and later prompts) write it")
     embedding.add_argument("--init-word", dest="init_word", required=True, help="a word to start the vectors from")
-    embedding.add_argument("-o", "--output", type=Path, default=None, help="the embedding file (default: TOKEN.safetensors)")
-    for flag, kind, default, text in (("--vectors", int, 1, "vectors per token"), ("--steps", int, 500, "training steps"),
-                                      ("--lr", float, 5e-3, "learning rate"),
-                                      ("--resolution", int, 512, "training resolution (buckets of about its area)"),
-                                      ("--batch-size", int, 1, "pictures per step"), ("--seed", int, 0, "seed"),
-                                      ("--checkpoint-every", int, 100, "steps between saved states (for --resume)")):
-        embedding.add_argument(flag, dest=flag[2:].replace("-", "_"), type=kind, default=default,
-                               help=f"{text} (default {default})")
-    embedding.add_argument("--resume", action="store_true", help="continue the run saved in the state folder")
-    embedding.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when present)")
-    embedding.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    add_model_options(embedding)
     embedding.set_defaults(run=run_embedding)
 
-    dreambooth = kinds.add_parser(
-        "dreambooth", help="fine-tune a whole SD 1.x/2.x checkpoint on pictures of one subject (prior preservation)",
-        description="Trains the U-Net (and the text encoder with --train-text-encoder) on the pictures with the "
-                    "instance prompt. With --class-images N the base model first paints N pictures of the class "
-                    "prompt (kept in the state folder) and their loss, weighted by --prior-weight, keeps the class "
-                    "as it was. Writes a single-file checkpoint.")
-    dreambooth.add_argument("data", type=Path, help="pictures of the subject (captions are not needed)")
-    dreambooth.add_argument("--base", required=True, help="the checkpoint to fine-tune: a name in --models-dir or a path")
+    dreambooth = _fine_tune_parser(
+        kinds, "dreambooth", "fine-tune a whole SD 1.x/2.x checkpoint on pictures of one subject (prior preservation)",
+        "Trains the U-Net (and the text encoder with --train-text-encoder) on the pictures with the instance prompt. "
+        "With --class-images N the base model first paints N pictures of the class prompt (kept in the state folder) "
+        "and their loss, weighted by --prior-weight, keeps the class as it was. Writes a single-file checkpoint.",
+        "pictures of the subject (captions are not needed)", "the checkpoint (default: DATA.safetensors)",
+        (("--class-images", int, 0, "class pictures for prior preservation (0: none)"),
+         ("--prior-weight", float, 1.0, "weight of the class pictures' loss"), ("--steps", int, 400, "training steps"),
+         ("--lr", float, 5e-6, "learning rate"), ("--class-steps", int, 20, "sampling steps for the class pictures")))
     dreambooth.add_argument("--instance-prompt", dest="instance_prompt", required=True, help='e.g. "a photo of sks dog"')
     dreambooth.add_argument("--class-prompt", dest="class_prompt", default="", help='e.g. "a photo of a dog"')
-    dreambooth.add_argument("-o", "--output", type=Path, default=None, help="the checkpoint (default: DATA.safetensors)")
-    for flag, kind, default, text in (("--class-images", int, 0, "class pictures for prior preservation (0: none)"),
-                                      ("--prior-weight", float, 1.0, "weight of the class pictures' loss"),
-                                      ("--steps", int, 400, "training steps"), ("--lr", float, 5e-6, "learning rate"),
-                                      ("--resolution", int, 512, "training resolution (buckets of about its area)"),
-                                      ("--batch-size", int, 1, "pictures per step"),
-                                      ("--class-steps", int, 20, "sampling steps for the class pictures"),
-                                      ("--seed", int, 0, "seed"),
-                                      ("--checkpoint-every", int, 100, "steps between saved states (for --resume)")):
-        dreambooth.add_argument(flag, dest=flag[2:].replace("-", "_"), type=kind, default=default,
-                                help=f"{text} (default {default})")
     dreambooth.add_argument("--train-text-encoder", dest="train_text_encoder", action="store_true")
-    dreambooth.add_argument("--resume", action="store_true", help="continue the run saved in the state folder")
-    dreambooth.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when present)")
-    dreambooth.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    add_model_options(dreambooth)
     dreambooth.set_defaults(run=run_dreambooth)
+
+
+# The numeric flags every fine-tuning run takes: (flag, type, default, help).
+_FINE_TUNE_NUMBERS = (
+    ("--resolution", int, 512, "training resolution (buckets of about its area)"),
+    ("--batch-size", int, 1, "pictures per step"), ("--seed", int, 0, "seed"),
+    ("--checkpoint-every", int, 100, "steps between saved states (for --resume)"),
+)
+
+
+def _fine_tune_parser(kinds, name: str, summary: str, description: str, data_help: str, output_help: str,
+                      numbers: tuple) -> argparse.ArgumentParser:
+    """A `train NAME DATA --base MODEL` sub-command with the flags every fine-tuning run shares."""
+    parser = kinds.add_parser(name, help=summary, description=description)
+    parser.add_argument("data", type=Path, help=data_help)
+    parser.add_argument("--base", required=True, help="the checkpoint to train for: a name in --models-dir or a path")
+    parser.add_argument("-o", "--output", type=Path, default=None, help=output_help)
+    for flag, kind, default, text in (*numbers, *_FINE_TUNE_NUMBERS):
+        parser.add_argument(flag, dest=flag[2:].replace("-", "_"), type=kind, default=default,
+                            help=f"{text} (default {default})")
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in the state folder")
+    parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when present)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_model_options(parser)
+    return parser
 
 
 def run_base(args: argparse.Namespace) -> int:
