@@ -106,6 +106,26 @@ def browser():
             browser.close()
 
 
+def signed_in_context(browser):
+    """A browser context signed in with the test user, with the tests' timeout."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000},
+                                  http_credentials={"username": USER, "password": PASSWORD})
+    context.set_default_timeout(TIMEOUT_MS)
+    return context
+
+
+def generate_one(page, steps: int) -> None:
+    """txt2img at the tiny model's 64x64 with `steps` steps: Generate, then wait until it says one picture is done."""
+    for name, value in (("steps", str(steps)), ("width", "64"), ("height", "64")):
+        box = page.locator(f"#txt2img-{name} input[type=number]")
+        box.fill(value)
+        box.press("Enter")
+    page.locator("#txt2img-generate").click()
+    status = page.locator("#txt2img-progress")
+    sync_api.expect(status).to_have_text(re.compile(r"^\s*(Done|Error|Cancelled)"), timeout=TIMEOUT_MS)
+    assert status.inner_text().strip().startswith("Done: 1 picture"), status.inner_text()
+
+
 def test_txt2img_in_the_browser_offline(server, browser, server_connections):
     base_url, app = server
     outside: list[str] = []
@@ -117,9 +137,7 @@ def test_txt2img_in_the_browser_offline(server, browser, server_connections):
             outside.append(route.request.url)
             route.abort()
 
-    context = browser.new_context(viewport={"width": 1400, "height": 1000},
-                                  http_credentials={"username": USER, "password": PASSWORD})
-    context.set_default_timeout(TIMEOUT_MS)
+    context = signed_in_context(browser)
     context.route("**/*", guard)
     page = context.new_page()
     page.on("websocket", lambda socket: outside.append(socket.url)
@@ -129,15 +147,7 @@ def test_txt2img_in_the_browser_offline(server, browser, server_connections):
 
         # txt2img: a prompt, 4 steps at the tiny model's 64x64 (the machine is slow), Generate.
         page.locator("#txt2img-prompt textarea").fill("a lighthouse at dusk, brush strokes")
-        for name, value in (("steps", "4"), ("width", "64"), ("height", "64")):
-            box = page.locator(f"#txt2img-{name} input[type=number]")
-            box.fill(value)
-            box.press("Enter")
-        page.locator("#txt2img-generate").click()
-
-        status = page.locator("#txt2img-progress")
-        sync_api.expect(status).to_have_text(re.compile(r"^\s*(Done|Error|Cancelled)"), timeout=TIMEOUT_MS)
-        assert status.inner_text().strip().startswith("Done: 1 picture"), status.inner_text()
+        generate_one(page, steps=4)
         sync_api.expect(page.locator("#txt2img-info textarea")).to_have_value(re.compile(r"Seed: \d+"))
         picture = page.locator("#txt2img-results img[src]").first
         sync_api.expect(picture).to_be_visible()
@@ -175,9 +185,7 @@ def test_txt2img_in_the_browser_offline(server, browser, server_connections):
 
 def test_lora_picker_adds_the_tag_and_the_job_applies_it(server, browser):
     base_url, app = server
-    context = browser.new_context(viewport={"width": 1400, "height": 1000},
-                                  http_credentials={"username": USER, "password": PASSWORD})
-    context.set_default_timeout(TIMEOUT_MS)
+    context = signed_in_context(browser)
     page = context.new_page()
     try:
         page.goto(base_url + "/", wait_until="load")
@@ -187,14 +195,7 @@ def test_lora_picker_adds_the_tag_and_the_job_applies_it(server, browser):
         page.get_by_role("option", name="ink").click()
         sync_api.expect(prompt).to_have_value("a red circle <lora:ink:1>")
         sync_api.expect(page.locator("#txt2img-lora input")).to_have_value("")  # ready for the next one
-        for name, value in (("steps", "2"), ("width", "64"), ("height", "64")):
-            box = page.locator(f"#txt2img-{name} input[type=number]")
-            box.fill(value)
-            box.press("Enter")
-        page.locator("#txt2img-generate").click()
-        status = page.locator("#txt2img-progress")
-        sync_api.expect(status).to_have_text(re.compile(r"^\s*(Done|Error|Cancelled)"), timeout=TIMEOUT_MS)
-        assert status.inner_text().strip().startswith("Done: 1 picture"), status.inner_text()
+        generate_one(page, steps=2)
         sync_api.expect(page.locator("#txt2img-info textarea")).to_have_value(re.compile(r'Lora hashes: "ink: '))
         page.screenshot(path=str(ARTIFACTS / "ui-lora.png"), full_page=True)
     finally:
