@@ -11,7 +11,9 @@ import pytest
 
 from brushwork.shapes import HELD_OUT, SHAPES, Background, Expectation, Scene, ShapeObject, check, detect
 from brushwork.shapes.checker import measure_accuracy
-from brushwork.shapes.draw import COLOURS, MARGIN, make_dataset, parse_prompt, region_of, render, sample_scene
+from brushwork.shapes.draw import (
+    COLOURS, MARGIN, NOVEL_SHAPES, make_dataset, parse_prompt, region_of, render, sample_scene,
+)
 
 
 def _scene(colour: str = "red", shape: str = "circle", background: str = "blue", centre=(0.5, 0.5),
@@ -168,10 +170,22 @@ def test_checker_rejects_each_wrong_attribute(prompt: str, wrong: str) -> None:
     assert all(getattr(result, n) for n in asked)
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES + NOVEL_SHAPES)
 def test_each_shape_is_recognised_at_small_size(shape: str) -> None:
     objects = detect(render(_scene("white", shape, "black", radius=0.10, size="small")))
     assert [(o.shape, o.colour, o.size, o.position) for o in objects] == [(shape, "white", "small", "centre")]
+
+
+def test_the_novel_split_draws_only_hearts_and_the_checker_reads_them() -> None:
+    """The heart is the concept fine-tuning teaches (bench/train_proof.py): the embedded model's data never
+    has one, and the checker reads drawn hearts as hearts and no other drawing as one."""
+    rng = np.random.default_rng(7)
+    assert {o.shape for _ in range(200) for o in sample_scene(rng, "all").objects} == set(SHAPES)
+    assert {o.shape for _ in range(50) for o in sample_scene(rng, "novel").objects} == {"heart"}
+    accuracy = measure_accuracy(300, seed=8, split="novel")
+    assert all(v >= 0.98 for v in accuracy.values()), accuracy
+    assert parse_prompt("two small red hearts on a blue background") == Expectation(
+        colour="red", shape="heart", count=2, background="blue", size="small")
 
 
 def test_plain_background_has_no_objects() -> None:

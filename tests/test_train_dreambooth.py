@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from brushwork.cli import main
@@ -69,3 +70,12 @@ def test_bad_requests_are_clear(setup, tmp_path, capsys):
                  "-o", str(tmp_path / "x.safetensors"), "--instance-prompt", "sks", "--class-images", "2",
                  "--resolution", "64", "--no-progress"])
     assert code == 2 and "needs a --class-prompt" in capsys.readouterr().err
+
+
+def test_sample_pictures_show_the_model_as_it_trains(setup, tmp_path):
+    output = tmp_path / "sampled.safetensors"
+    assert train(setup, output, "--sample-every", "2", "--steps", "4", "--lr", "1e-2") == 0
+    samples = sorted((tmp_path / "sampled.train" / "samples").glob("step-*.png"))
+    assert [path.name for path in samples] == ["step-000002.png", "step-000004.png"]
+    first, last = (np.asarray(Image.open(path)) for path in samples)
+    assert not np.array_equal(first, last)  # painted with the weights of their step, not the base's

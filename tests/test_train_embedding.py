@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from brushwork.cli import main
@@ -76,3 +77,22 @@ def test_a_stopped_run_resumes_to_the_same_vectors(setup, tmp_path, monkeypatch)
     resumed.append(True)
     assert train(setup, parts, "--steps", "6", "--checkpoint-every", "2", "--resume") == 0
     assert torch.equal(load_file(whole)["emb_params"], load_file(parts)["emb_params"])
+
+
+def test_sample_pictures_use_the_vectors_of_their_step(setup, tmp_path):
+    """The last sample is what the finished embedding paints: the vectors reach the painter's Engine."""
+    root, models = setup
+    output = tmp_path / "embeddings" / "hexshape.safetensors"
+    assert train(setup, output, "--steps", "4", "--sample-every", "2", "--sample-prompt", "a red hexshape") == 0
+    samples = sorted((tmp_path / "embeddings" / "hexshape.train" / "samples").glob("step-*.png"))
+    assert [path.name for path in samples] == ["step-000002.png", "step-000004.png"]
+    folder = tmp_path / "models"
+    (folder / "embeddings").mkdir(parents=True)
+    (folder / "embeddings" / "hexshape.safetensors").write_bytes(output.read_bytes())
+    (folder / "Stable-diffusion").mkdir()
+    (folder / "Stable-diffusion" / "tiny.safetensors").write_bytes(
+        (models / "Stable-diffusion" / "tiny.safetensors").read_bytes())
+    painted = Engine(ModelStore(folder)).run(Recipe(prompt="a red hexshape", seed=0, steps=20, width=64, height=64,
+                                                    model="tiny")).images[0].image
+    assert np.array_equal(np.asarray(Image.open(samples[-1])), np.asarray(painted))
+    assert not np.array_equal(np.asarray(Image.open(samples[0])), np.asarray(painted))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from brushwork.errors import BrushworkError
 
-SPLITS = ("train", "heldout", "all")
+SPLITS = ("train", "heldout", "all", "novel")
 
 
 def add_parser(subparsers) -> None:

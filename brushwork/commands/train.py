@@ -15,6 +15,7 @@ from pathlib import Path
 
 from brushwork.commands.common import add_model_options
 from brushwork.errors import EXIT_INTERRUPTED, BrushworkError
+from brushwork.train.settings import PRECISIONS
 
 # Flags that override the preset, by TrainSettings field.
 OVERRIDES = ("seed", "vae_steps", "steps", "batch_size", "lr", "max_images", "sample_every", "checkpoint_every", "arch",
@@ -64,18 +65,15 @@ def add_parser(subparsers) -> None:
     lora = _fine_tune_parser(
         kinds, "lora", "train a LoRA for an SD 1.x/2.x checkpoint on a folder of captioned pictures",
         "Curates the pictures (report beside the output), buckets them by aspect ratio and trains peft adapters on "
-        "the U-Net's attention (and the text encoder's with --train-text-encoder). Writes a kohya-layout "
-        ".safetensors that brushwork, A1111 and ComfyUI load.",
+        "the U-Net's transformer blocks, as kohya does (and the text encoder with --train-text-encoder). Writes a "
+        "kohya-layout .safetensors that brushwork, A1111 and ComfyUI load.",
         "pictures with same-named .txt captions (kohya folders too)", "the LoRA file (default: DATA.safetensors)",
         (("--rank", int, 8, "adapter rank"), ("--alpha", float, 8.0, "LoRA alpha"), ("--steps", int, 500, "training steps"),
          ("--lr", float, 1e-4, "learning rate"), ("--caption-dropout", float, 0.0, "share of steps trained with no caption"),
-         ("--keep-tokens", int, 0, "with --shuffle-tags: how many leading tags stay in place"),
-         ("--sample-every", int, 0, "paint a sample picture every N steps into the state folder's samples/ (0: none)")))
+         ("--keep-tokens", int, 0, "with --shuffle-tags: how many leading tags stay in place")))
     lora.add_argument("--train-text-encoder", dest="train_text_encoder", action="store_true")
     lora.add_argument("--shuffle-tags", dest="shuffle_tags", action="store_true",
                       help="shuffle the comma-separated caption tags every step (kohya's shuffle_caption)")
-    lora.add_argument("--sample-prompt", dest="sample_prompt", default="",
-                      help="the samples' prompt (default: the first picture's caption)")
     lora.set_defaults(run=run_lora)
 
     embedding = _fine_tune_parser(
@@ -110,6 +108,7 @@ _FINE_TUNE_NUMBERS = (
     ("--resolution", int, 512, "training resolution (buckets of about its area)"),
     ("--batch-size", int, 1, "pictures per step"), ("--seed", int, 0, "seed"),
     ("--checkpoint-every", int, 100, "steps between saved states (for --resume)"),
+    ("--sample-every", int, 0, "paint a sample picture every N steps into the state folder's samples/ (0: none)"),
 )
 
 
@@ -123,11 +122,29 @@ def _fine_tune_parser(kinds, name: str, summary: str, description: str, data_hel
     for flag, kind, default, text in (*numbers, *_FINE_TUNE_NUMBERS):
         parser.add_argument(flag, dest=flag[2:].replace("-", "_"), type=kind, default=default,
                             help=f"{text} (default {default})")
+    parser.add_argument("--sample-prompt", dest="sample_prompt", default="",
+                        help="the samples' prompt (default: the first caption, or the instance prompt)")
+    parser.add_argument("--gradient-accumulation", dest="accumulation", type=int, default=1, metavar="N",
+                        help="micro-batches per optimizer step: N x --batch-size pictures per step (default 1)")
+    parser.add_argument("--mixed-precision", dest="mixed_precision", choices=PRECISIONS, default="no",
+                        help="autocast the forward pass: fp16 (GPU) or bf16; weights stay float32 (default no)")
+    parser.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true",
+                        help="recompute activations in the backward pass: less memory, slower steps")
+    parser.add_argument("--ema-decay", dest="ema_decay", type=float, default=0.0, metavar="D",
+                        help="save an exponential moving average of the trained weights, e.g. 0.999 (default 0: off)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in the state folder")
-    parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when present)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda ... (default: cuda when present; under accelerate launch, each process's GPU)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_model_options(parser)
     return parser
+
+
+def _step_settings(args: argparse.Namespace):
+    from brushwork.train.settings import StepSettings
+
+    return StepSettings(mixed_precision=args.mixed_precision, accumulation=args.accumulation,
+                        gradient_checkpointing=args.gradient_checkpointing, ema_decay=args.ema_decay)
 
 
 def run_base(args: argparse.Namespace) -> int:
@@ -164,7 +181,8 @@ def run_lora(args: argparse.Namespace) -> int:
 
     settings = LoraTrainSettings(**{name: getattr(args, name) for name in (
         "rank", "alpha", "steps", "lr", "resolution", "batch_size", "seed", "caption_dropout", "checkpoint_every",
-        "train_text_encoder", "shuffle_tags", "keep_tokens", "sample_every", "sample_prompt")})
+        "train_text_encoder", "shuffle_tags", "keep_tokens", "sample_every", "sample_prompt")},
+        optimization=_step_settings(args))
 
     def train(model, output, store, **run):
         return train_lora(model.components, args.data, output, settings, base_name=model.name,
@@ -173,12 +191,18 @@ def run_lora(args: argparse.Namespace) -> int:
     return _fine_tune(args, args.output or Path(args.data.name + ".safetensors"), train)
 
 
-def _painter(model, store, steps: int):
-    """paint(prompt, seed, size): one picture with the model as it is now, through the Engine."""
+def _painter(model, store, steps: int, embedding_files: list[Path] = ()):
+    """paint(prompt, seed, size): one picture with the model as it is now, through the Engine; `embedding_files`
+    are textual inversions it knows besides the models folder's."""
+    from brushwork.engine.embeddings import EmbeddingLibrary
     from brushwork.engine.engine import Engine
     from brushwork.recipe import Recipe
 
     engine = Engine(store)
+    if embedding_files:
+        folder = engine.embeddings
+        engine.embeddings = EmbeddingLibrary(lambda: [*folder.entries(), *(p for p in embedding_files if p.is_file())],
+                                             allow_pickle=folder.allow_pickle)
 
     def paint(prompt: str, seed: int, size: int):
         recipe = Recipe(prompt=prompt, seed=seed, steps=steps, width=size, height=size, model=str(model.path))
@@ -188,14 +212,18 @@ def _painter(model, store, steps: int):
 
 
 def run_embedding(args: argparse.Namespace) -> int:
-    from brushwork.train.embedding import EmbeddingTrainSettings, train_embedding
+    from brushwork.train.embedding import EmbeddingTrainSettings, sample_file, train_embedding
 
     settings = EmbeddingTrainSettings(**{name: getattr(args, name) for name in (
-        "token", "init_word", "vectors", "steps", "lr", "resolution", "batch_size", "seed", "checkpoint_every")})
-    return _fine_tune(args, args.output or Path(args.token + ".safetensors"),
-                      lambda model, output, store, **run: train_embedding(
-                          model.components, args.data, output, settings, base_hash=store.hashes.sha256(model.path),
-                          **run))
+        "token", "init_word", "vectors", "steps", "lr", "resolution", "batch_size", "seed", "checkpoint_every",
+        "sample_every", "sample_prompt")}, optimization=_step_settings(args))
+
+    def train(model, output, store, **run):
+        painter = _painter(model, store, steps=20, embedding_files=[sample_file(output, settings.token)])
+        return train_embedding(model.components, args.data, output, settings,
+                               base_hash=store.hashes.sha256(model.path), paint=painter, **run)
+
+    return _fine_tune(args, args.output or Path(args.token + ".safetensors"), train)
 
 
 def run_dreambooth(args: argparse.Namespace) -> int:
@@ -203,7 +231,8 @@ def run_dreambooth(args: argparse.Namespace) -> int:
 
     settings = DreamBoothSettings(**{name: getattr(args, name) for name in (
         "instance_prompt", "class_prompt", "class_images", "prior_weight", "steps", "lr", "resolution", "batch_size",
-        "train_text_encoder", "class_steps", "seed", "checkpoint_every")})
+        "train_text_encoder", "class_steps", "seed", "checkpoint_every", "sample_every", "sample_prompt")},
+        optimization=_step_settings(args))
 
     def train(model, output, store, **run):  # the class pictures: the base model, before any step changes it
         return train_dreambooth(model.components, _painter(model, store, settings.class_steps), args.data, output,
@@ -221,7 +250,7 @@ def _fine_tune(args: argparse.Namespace, output: Path, train) -> int:
 
     if output.suffix.lower() != ".safetensors":
         raise BrushworkError(f"-o/--output: write a .safetensors file, got {output}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or _default_device()
     store = ModelStore(args.models_dir, device=device, dtype=torch.float32, allow_pickle=args.allow_pickle,
                        allow_paths=True)
     model = store.load(args.base)
@@ -235,9 +264,24 @@ def _fine_tune(args: argparse.Namespace, output: Path, train) -> int:
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGINT, previous)
-    print(f"{result.output}: {result.pictures} pictures, {result.steps} steps in {result.seconds:.1f} s", file=sys.stderr)
-    print(result.output)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # under accelerate launch, one report for all the processes
+        print(f"{result.output}: {result.pictures} pictures, {result.steps} steps in {result.seconds:.1f} s",
+              file=sys.stderr)
+        print(result.output)
     return 0
+
+
+def _default_device() -> str:
+    """This process's GPU under `accelerate launch` (one per process), else cuda when present, else the CPU."""
+    import torch
+    from accelerate import PartialState
+
+    processes = PartialState(cpu=not torch.cuda.is_available())
+    if processes.num_processes > 1 and torch.cuda.is_available():
+        return str(processes.device)
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _request_stop(stop: threading.Event) -> None:

@@ -79,14 +79,14 @@ class EmbeddingLibrary:
     """The embeddings folder, read once per file version: `for_model` gives those that fit a model."""
 
     def __init__(self, entries: Callable[[], list[Path]], *, allow_pickle: bool = False):
-        self._entries = entries
+        self.entries = entries  # the files, listed afresh on every use
         self.allow_pickle = allow_pickle
         self._loaded: dict[tuple[Path, int, int], Embedding | None] = {}
         self._lock = threading.Lock()
 
     def all(self) -> Iterator[Embedding]:
         """Every readable embedding; a broken file is skipped (A1111 lists it as skipped) until it changes."""
-        for path in self._entries():
+        for path in self.entries():
             stat = path.stat()
             key = (path, stat.st_mtime_ns, stat.st_size)
             with self._lock:

@@ -27,8 +27,16 @@ UPSCALE = 4  # contours are traced on a 4x-upsampled coverage map, for sub-pixel
 # harmonic among 3, 4 and 5 is the shape's rotational symmetry (triangle 3, square and cross 4, star 5). On
 # drawings that harmonic's amplitude is >= 0.057 of the mean radius for every non-circle and <= 0.005 for
 # circles. A square and a cross share 4-fold symmetry; the cross is non-convex (solidity <= 0.78 vs >= 0.93).
+# The second harmonic marks a shape with no rotational symmetry at all: the heart.
 ROUND_BELOW = 0.03  # strongest of harmonics 3..5 below this: a circle
 CONVEX_ABOVE = 0.85  # solidity (area / convex-hull area) above this: a square rather than a cross
+# A heart (a novel shape: see draw.NOVEL_SHAPES) has only mirror symmetry, so its profile keeps a second
+# harmonic of 0.072-0.089 on drawings, where every n-fold symmetric shape stays <= 0.021; and it has exactly
+# one notch: its deepest convexity defect is 0.17-0.33 of the circumradius, the next <= 0.12 (triangles and
+# squares: none deeper than 0.11; stars and crosses: four or five deeper than 0.25). A lopsided blob has the
+# harmonic but no notch, so painted triangles with soft corners are not taken for hearts.
+HEART_ABOVE = 0.045
+NOTCH_DEPTH = 0.15  # convexity-defect depth, as a fraction of the circumradius, that counts as a notch
 
 
 @dataclass
@@ -45,7 +53,7 @@ class DetectedObject:
     rgb: tuple[int, int, int]
     fill: float  # area over the area of the smallest enclosing circle
     solidity: float  # area over convex-hull area
-    symmetry: int  # strongest radial harmonic among 3..5, i.e. the n of n-fold symmetry (0 for round)
+    symmetry: int  # strongest radial harmonic among 3..5, i.e. the n of n-fold symmetry (0 round, 1 heart)
 
 
 @dataclass
@@ -172,11 +180,22 @@ def radial_harmonics(contour: np.ndarray, centre: tuple[float, float], orders: i
     return spectrum / spectrum[0]
 
 
-def _classify_shape(harmonics: np.ndarray, solidity: float) -> tuple[str, int]:
-    """Shape name and symmetry order from radial harmonics and solidity."""
+def notch_depths(contour: np.ndarray, radius: float) -> list[float]:
+    """Depths of the outline's convexity defects, deepest first, as fractions of `radius`."""
+    defects = cv2.convexityDefects(contour, cv2.convexHull(contour, returnPoints=False))
+    if defects is None:
+        return []
+    return sorted((float(d[0][3]) / 256.0 / radius for d in defects), reverse=True)  # depth is fixed-point x256
+
+
+def _classify_shape(harmonics: np.ndarray, solidity: float, notches: list[float]) -> tuple[str, int]:
+    """Shape name and symmetry order from radial harmonics, solidity and notch depths."""
     order = 3 + int(np.argmax(harmonics[3:6]))
     if harmonics[order] < ROUND_BELOW:
         return "circle", 0
+    deepest, second = (notches + [0.0, 0.0])[:2]
+    if harmonics[2] > HEART_ABOVE and deepest > NOTCH_DEPTH > second:
+        return "heart", 1
     if order == 4:
         return ("square" if solidity > CONVEX_ABOVE else "cross"), 4
     return ("triangle" if order == 3 else "star"), order
@@ -207,6 +226,7 @@ def _measure(pixels: np.ndarray, labels: np.ndarray, label: int, background: np.
         return None
     hull_area = cv2.contourArea(cv2.convexHull(contour)) / UPSCALE**2
     _, radius = cv2.minEnclosingCircle(contour)
+    notches = notch_depths(contour, radius)
     radius /= UPSCALE
     moments = cv2.moments(contour)
     # Upsampled pixel u has its centre at original coordinate (u + 0.5) / UPSCALE - 0.5; pixel i spans [i, i + 1).
@@ -214,7 +234,7 @@ def _measure(pixels: np.ndarray, labels: np.ndarray, label: int, background: np.
     cy = (moments["m01"] / moments["m00"] + 0.5) / UPSCALE + y0
     solidity = area / max(hull_area, 1e-6)
     harmonics = radial_harmonics(contour, (moments["m10"] / moments["m00"], moments["m01"] / moments["m00"]))
-    shape, symmetry = _classify_shape(harmonics, solidity)
+    shape, symmetry = _classify_shape(harmonics, solidity, notches)
     return DetectedObject(
         colour=colour_name(colour), shape=shape,
         size="large" if radius / side > SIZE_SPLIT else "small",

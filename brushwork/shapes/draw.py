@@ -23,7 +23,10 @@ RGB = tuple[int, int, int]
 T = TypeVar("T")
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
-PLURALS: dict[str, str] = {s: ("crosses" if s == "cross" else s + "s") for s in SHAPES}
+# Shapes the embedded model never saw: drawn only for the "novel" split, so fine-tuning (LoRA, DreamBooth,
+# textual inversion) has a concept to teach that the checker can still recognise.
+NOVEL_SHAPES: tuple[str, ...] = ("heart",)
+PLURALS: dict[str, str] = {s: ("crosses" if s == "cross" else s + "s") for s in SHAPES + NOVEL_SHAPES}
 
 # Object colours: saturated hues spread round the wheel plus white and black. The closest pair
 # (orange/yellow) is still ~85 RGB units apart, so the checker's nearest-reference lookup cannot mix them up.
@@ -53,7 +56,8 @@ GAP = 0.06  # minimum clear space between objects, so antialiased edges never jo
 STAR_INNER = 0.45  # inner/outer radius of the 5-point star
 SUPERSAMPLE = 4
 
-Split = Literal["train", "heldout", "all"]
+# "train" never draws a HELD_OUT pair, "heldout" only those, "all" any of SHAPES, "novel" only NOVEL_SHAPES.
+Split = Literal["train", "heldout", "all", "novel"]
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,8 @@ def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
 def _pick_pair(rng: np.random.Generator, split: Split) -> tuple[str, str]:
     if split == "heldout":
         return _pick(rng, sorted(HELD_OUT))
+    if split == "novel":
+        return _pick(rng, list(COLOURS)), _pick(rng, NOVEL_SHAPES)
     while True:
         pair = (_pick(rng, list(COLOURS)), _pick(rng, SHAPES))
         if split == "all" or pair not in HELD_OUT:
@@ -168,7 +174,8 @@ def _place_many(rng: np.random.Generator, radii: list[float]) -> list[tuple[floa
 
 
 def sample_scene(rng: np.random.Generator, split: Split = "train") -> Scene:
-    """Draw a random scene. `split="train"` never yields a HELD_OUT colour/shape pair; "heldout" only those."""
+    """Draw a random scene. `split="train"` never yields a HELD_OUT colour/shape pair; "heldout" only those;
+    "novel" only NOVEL_SHAPES."""
     colour, shape = _pick_pair(rng, split)
     count = _pick(rng, (1, 1, 1, 2, 2, 3))
     size = _pick(rng, ("small", "large"))
@@ -239,6 +246,21 @@ def _caption(rng: np.random.Generator, scene: Scene) -> tuple[str, tuple[str, ..
     return caption, mentions + (("background",) if say_background else ())
 
 
+def _heart_outline(points: int = 96) -> list[tuple[float, float]]:
+    """The classic parametric heart (x = 16 sin^3 t, y = 13 cos t - 5 cos 2t - 2 cos 3t - cos 4t), point down,
+    centred on its smallest enclosing circle's centre and scaled to unit circumradius, as (rho, angle) pairs."""
+    ts = [2 * math.pi * k / points for k in range(points)]
+    xy = [(16 * math.sin(t) ** 3, -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)))
+          for t in ts]
+    xs, ys = [x for x, _ in xy], [y for _, y in xy]
+    cx, cy = (max(xs) + min(xs)) / 2, (max(ys) + min(ys)) / 2
+    reach = max(math.hypot(x - cx, y - cy) for x, y in xy)
+    return [(math.hypot(x - cx, y - cy) / reach, math.atan2(y - cy, x - cx)) for x, y in xy]
+
+
+_HEART = _heart_outline()
+
+
 def _polygon(obj: ShapeObject, side: float) -> list[tuple[float, float]]:
     """Outline of `obj` in pixel coordinates of a `side`-pixel canvas (y down, shapes point up)."""
     if obj.shape == "circle":
@@ -255,8 +277,10 @@ def _polygon(obj: ShapeObject, side: float) -> list[tuple[float, float]]:
         quarter = [(w, -a), (w, -w), (a, -w)]  # one quarter of the outline; the rest by rotating it
         points = [(x * c - y * s, x * s + y * c) for c, s in ((1, 0), (0, 1), (-1, 0), (0, -1)) for x, y in quarter]
         polar = [(math.hypot(x, y), math.atan2(y, x)) for x, y in points]
+    elif obj.shape == "heart":
+        polar = _HEART
     else:
-        raise ValueError(f"unknown shape {obj.shape!r}; expected one of {', '.join(SHAPES)}")
+        raise ValueError(f"unknown shape {obj.shape!r}; expected one of {', '.join(SHAPES + NOVEL_SHAPES)}")
     turn = -math.radians(obj.rotation)  # counter-clockwise on screen, where y points down
     cx, cy, r = obj.centre[0] * side, obj.centre[1] * side, obj.radius * side
     return [(cx + r * rho * math.cos(t + turn), cy + r * rho * math.sin(t + turn)) for rho, t in polar]
@@ -302,7 +326,8 @@ _SYNONYMS = {
     "upper": "top", "lower": "bottom", "big": "large", "tiny": "small", "violet": "purple",
     "disc": "circle", "disk": "circle", "dot": "circle", "plus": "cross", "backdrop": "background",
 }
-_SHAPE_WORDS = {**{s: s for s in SHAPES}, **{p: s for s, p in PLURALS.items()}, "discs": "circle", "dots": "circle"}
+_SHAPE_WORDS = {**{s: s for s in SHAPES + NOVEL_SHAPES}, **{p: s for s, p in PLURALS.items()},
+                "discs": "circle", "dots": "circle"}
 _NUMBERS = {"a": 1, "an": 1, "one": 1, "single": 1, "1": 1, "two": 2, "pair": 2, "2": 2, "three": 3, "3": 3,
             "four": 4, "4": 4, "five": 5, "5": 5}
 _SIZE_WORDS = ("small", "large")
@@ -329,7 +354,7 @@ def parse_prompt(text: str) -> Expectation:
             j -= 1
         if j >= 0 and words[j] in _NUMBERS:
             count = _NUMBERS[words[j]]
-        elif words[shape_at] in SHAPES:
+        elif words[shape_at] in SHAPES + NOVEL_SHAPES:
             count = 1  # a bare singular noun: "red circle, blue background"
     size = next((w for w in words if w in _SIZE_WORDS), None)
     vertical = next((w for w in words if w in ("top", "bottom")), None)

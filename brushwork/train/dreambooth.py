@@ -29,8 +29,11 @@ from brushwork.train.finetune import (
     encode_pictures,
     noisy_batch,
     run_state,
+    sample_hook,
 )
 from brushwork.train.loop import LoopHooks, learning_rate, run_steps
+from brushwork.train.optimize import Optimization
+from brushwork.train.settings import StepSettings
 
 CLASS_FOLDER = "class-images"
 
@@ -49,13 +52,17 @@ class DreamBoothSettings:
     class_steps: int = 20  # sampling steps for the class pictures
     seed: int = 0
     checkpoint_every: int = 100
+    sample_every: int = 0  # steps between sample pictures (0: none), painted through the Engine
+    sample_prompt: str = ""  # default: the instance prompt
+    optimization: StepSettings = StepSettings()
 
 
 def train_dreambooth(components: Components, paint: Callable[[str, int, int], object], data_dir: Path,
                      output: Path, settings: DreamBoothSettings, *, base_hash: str, resume: bool = False,
                      progress: bool = True, should_stop: Callable[[], bool] | None = None,
                      on_step: Callable[[str, int, float], None] | None = None) -> FineTuneResult:
-    """`paint(prompt, seed, size)` makes one class picture with the base model (the Engine, in the CLI)."""
+    """`paint(prompt, seed, size)` paints with the model as it is (the Engine, in the CLI): the class pictures
+    before the first step, and the sample pictures every `sample_every` steps (the state folder's samples/)."""
     if components.model_family.size_conditioning:
         raise BrushworkError("train dreambooth: SDXL bases are not supported yet; use an SD 1.x or 2.x checkpoint")
     if not settings.instance_prompt.strip():
@@ -81,7 +88,8 @@ def train_dreambooth(components: Components, paint: Callable[[str, int, int], ob
         module.requires_grad_(True)
         module.float()
     parameters = [p for module in trained for p in module.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=1e-2)
+    optimization = Optimization(parameters, lr=settings.lr, weight_decay=1e-2, settings=settings.optimization,
+                                device=components.unet.device, modules=trained)
     scheduler = DDPMScheduler.from_config(components.scheduler_config)
     tokenizer, text_encoder, unet = components.tokenizers[0], components.text_encoders[0], components.unet
 
@@ -90,7 +98,7 @@ def train_dreambooth(components: Components, paint: Callable[[str, int, int], ob
     if saved is not None:
         for module, weights in zip(trained, saved["modules"]):
             module.load_state_dict(weights)
-        optimizer.load_state_dict(saved["optimizer"])
+        optimization.load_state_dict(saved["optimization"])
         start = int(saved["step"])
     instance_order = batch_order(instances, settings.batch_size, settings.seed)
     class_order = batch_order(classes, settings.batch_size, settings.seed + 1) if classes else None
@@ -100,38 +108,43 @@ def train_dreambooth(components: Components, paint: Callable[[str, int, int], ob
                         return_tensors="pt").input_ids.to(unet.device)
         return text_encoder(ids)[0]
 
+    def loss_of(micro: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + micro)
+        batch = [instances[i] for i in instance_order(micro)]
+        loss = diffusion_loss(unet, *noisy_batch(components, scheduler, batch, generator),
+                              encode([p.caption for p in batch]))
+        if class_order is not None:
+            prior = [classes[i] for i in class_order(micro)]
+            loss = loss + settings.prior_weight * diffusion_loss(
+                unet, *noisy_batch(components, scheduler, prior, generator), encode([p.caption for p in prior]))
+        return loss
+
     def step(index: int) -> float:
-        generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + index)
-        with torch.set_grad_enabled(True):
-            batch = [instances[i] for i in instance_order(index)]
-            loss = diffusion_loss(unet, *noisy_batch(components, scheduler, batch, generator),
-                                  encode([p.caption for p in batch]))
-            if class_order is not None:
-                prior = [classes[i] for i in class_order(index)]
-                loss = loss + settings.prior_weight * diffusion_loss(
-                    unet, *noisy_batch(components, scheduler, prior, generator), encode([p.caption for p in prior]))
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(index, settings.steps, settings.lr, 0, 1.0)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        return float(loss)
+        return optimization.step(index, learning_rate(index, settings.steps, settings.lr, 0, 1.0), loss_of)
 
     def checkpoint(done: int) -> None:
-        state.save("dreambooth.pt", {"step": done, "optimizer": optimizer.state_dict(),
-                                     "modules": [module.state_dict() for module in trained]})
+        if optimization.is_main:
+            state.save("dreambooth.pt", {"step": done, "optimization": optimization.state_dict(),
+                                         "modules": [module.state_dict() for module in trained]})
 
+    sample = None
+    if settings.sample_every and optimization.is_main:  # the painter's Engine holds these very modules
+        sample = sample_hook(state.folder / "samples", paint, settings.sample_prompt or settings.instance_prompt,
+                             settings.seed, settings.resolution, trained)
     for module in trained:
         module.train()
     try:
         result = run_steps("dreambooth", start, settings.steps, step,
                            LoopHooks(checkpoint=checkpoint, checkpoint_every=settings.checkpoint_every,
-                                     should_stop=should_stop, on_step=on_step, progress=progress))
+                                     should_stop=should_stop, on_step=on_step, progress=progress,
+                                     sample=sample, sample_every=settings.sample_every))
     finally:
         for module in trained:
             module.eval()
             module.requires_grad_(False)
-    save_single_file(components, output, metadata={"brushwork.dreambooth": settings.instance_prompt})
+    optimization.finish()
+    if optimization.is_main:
+        save_single_file(components, output, metadata={"brushwork.dreambooth": settings.instance_prompt})
     return FineTuneResult(output, settings.steps, result.losses, result.seconds, len(kept))
 
 

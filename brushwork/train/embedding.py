@@ -30,8 +30,12 @@ from brushwork.train.finetune import (
     encode_pictures,
     noisy_batch,
     run_state,
+    sample_hook,
 )
 from brushwork.train.loop import LoopHooks, learning_rate, run_steps
+from brushwork.train.optimize import Optimization
+from brushwork.train.settings import StepSettings
+from brushwork.train.state import state_dir_for
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,9 @@ class EmbeddingTrainSettings:
     batch_size: int = 1
     seed: int = 0
     checkpoint_every: int = 100
+    sample_every: int = 0  # steps between sample pictures (0: none), painted through the Engine
+    sample_prompt: str = ""  # default: the first picture's caption (with the token)
+    optimization: StepSettings = StepSettings()
 
 
 class _Learnt:
@@ -57,7 +64,10 @@ class _Learnt:
 def train_embedding(components: Components, data_dir: Path, output: Path, settings: EmbeddingTrainSettings, *,
                     base_hash: str, resume: bool = False, progress: bool = True,
                     should_stop: Callable[[], bool] | None = None,
-                    on_step: Callable[[str, int, float], None] | None = None) -> FineTuneResult:
+                    on_step: Callable[[str, int, float], None] | None = None,
+                    paint: Callable[[str, int, int], object] | None = None) -> FineTuneResult:
+    """`paint(prompt, seed, size)` paints through the Engine with the embeddings folder and `sample_file(output, token)`:
+    the sample pictures every `sample_every` steps (the state folder's samples/), the vectors saved there first."""
     if components.model_family.size_conditioning:
         raise BrushworkError("train embedding: SDXL bases are not supported yet; use an SD 1.x or 2.x checkpoint")
     if not settings.token.strip() or settings.vectors < 1 or settings.steps < 1:
@@ -84,7 +94,9 @@ def train_embedding(components: Components, data_dir: Path, output: Path, settin
     with torch.no_grad():
         start_vectors = layer.weight[torch.tensor(init_ids, device=layer.weight.device)].float()
     vectors = start_vectors.mean(0, keepdim=True).repeat(settings.vectors, 1).clone().requires_grad_(True)
-    optimizer = torch.optim.AdamW([vectors], lr=settings.lr, weight_decay=0.0)
+    device = unet.device
+    optimization = Optimization([vectors], lr=settings.lr, weight_decay=0.0, settings=settings.optimization,
+                                device=device, modules=[unet, text_encoder])
     scheduler = DDPMScheduler.from_config(components.scheduler_config)
     matcher = EmbeddingMatcher({settings.token: _Learnt(settings.vectors)}, tokenize)
     comma = tokenizer.convert_tokens_to_ids(",</w>")
@@ -94,43 +106,58 @@ def train_embedding(components: Components, data_dir: Path, output: Path, settin
     if saved is not None:
         with torch.no_grad():
             vectors.copy_(saved["vectors"])
-        optimizer.load_state_dict(saved["optimizer"])
+        optimization.load_state_dict(saved["optimization"])
         start = int(saved["step"])
     order = batch_order(pictures, settings.batch_size, settings.seed)
-    device = unet.device
 
-    def step(index: int) -> float:
-        batch = order(index)
-        generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + index)
+    def loss_of(micro: int) -> torch.Tensor:
+        batch = order(micro)
+        generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + micro)
         chunks = [build_chunks(pictures[i].caption, tokenize, bos_id=tokenizer.bos_token_id,
                                eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
                                comma_id=None if comma == tokenizer.unk_token_id else comma,
                                find_embedding=matcher)[0] for i in batch]  # the first chunk, as trainers use
         ids = torch.tensor([chunk.tokens for chunk in chunks], device=device)
         noisy, timesteps, target = noisy_batch(components, scheduler, [pictures[i] for i in batch], generator)
-        with torch.set_grad_enabled(True):
-            rows = {row: [(position, vectors) for position, _ in chunk.fixes] for row, chunk in enumerate(chunks)}
-            handle = layer.register_forward_hook(vectors_hook(rows))
-            try:
-                context = text_encoder(ids)[0]
-            finally:
-                handle.remove()
-            loss = diffusion_loss(unet, noisy, timesteps, target, context)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(index, settings.steps, settings.lr, 0, 1.0)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        return float(loss)
+        rows = {row: [(position, vectors) for position, _ in chunk.fixes] for row, chunk in enumerate(chunks)}
+        handle = layer.register_forward_hook(vectors_hook(rows))
+        try:
+            context = text_encoder(ids)[0]
+        finally:
+            handle.remove()
+        return diffusion_loss(unet, noisy, timesteps, target, context)
+
+    def step(index: int) -> float:
+        return optimization.step(index, learning_rate(index, settings.steps, settings.lr, 0, 1.0), loss_of)
 
     def checkpoint(done: int) -> None:
-        state.save("embedding.pt", {"step": done, "vectors": vectors.detach().clone(),
-                                    "optimizer": optimizer.state_dict()})
+        if optimization.is_main:
+            state.save("embedding.pt", {"step": done, "vectors": vectors.detach().clone(),
+                                        "optimization": optimization.state_dict()})
 
+    sample = None
+    if paint is not None and settings.sample_every and optimization.is_main:
+        sample = sample_hook(state.folder / "samples", paint, settings.sample_prompt or pictures[0].caption,
+                             settings.seed, settings.resolution, [],
+                             before=lambda: _save_vectors(vectors, sample_file(output, settings.token), {}))
     result = run_steps("embedding", start, settings.steps, step,
                        LoopHooks(checkpoint=checkpoint, checkpoint_every=settings.checkpoint_every,
-                                 should_stop=should_stop, on_step=on_step, progress=progress))
+                                 should_stop=should_stop, on_step=on_step, progress=progress,
+                                 sample=sample, sample_every=settings.sample_every))
     metadata = {"token": settings.token, "init_word": settings.init_word, "step": str(settings.steps),
                 "sd_checkpoint": base_hash[:10], "trained_at": f"{time.time():.0f}"}
-    save_file({"emb_params": vectors.detach().float().cpu().contiguous()}, str(output), metadata=metadata)
+    optimization.finish()
+    if optimization.is_main:
+        _save_vectors(vectors, output, metadata)
     return FineTuneResult(output, settings.steps, result.losses, result.seconds, len(kept))
+
+
+def sample_file(output: Path, token: str) -> Path:
+    """Where the vectors are saved for each sample picture: in the state folder, named after the token, so the
+    painter's Engine matches the token in the sample prompt."""
+    return state_dir_for(output) / "embedding" / f"{token}.safetensors"
+
+
+def _save_vectors(vectors: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"emb_params": vectors.detach().float().cpu().contiguous()}, str(path), metadata=metadata)

@@ -1,7 +1,8 @@
 """How often a model's pictures show what their prompts asked for, judged by the shapes checker.
 
 Prompts are captions drawn by the shapes drawer from fixed seeds: the "train" split uses only colour/shape
-pairs the training sampler draws, "heldout" only the pairs it never draws (compositional generalisation).
+pairs the training sampler draws, "heldout" only the pairs it never draws (compositional generalisation), "novel" only shapes the embedded
+model never saw (what fine-tuning teaches).
 Each prompt is painted with `seeds` consecutive seeds by the Engine - one Recipe per prompt with
 batch_size = seeds - and every picture is scored with `brushwork.shapes.check` on the attributes its
 prompt states. The picture source is injectable, so the scoring can be checked on the drawings themselves.
@@ -21,9 +22,9 @@ from PIL import Image
 from brushwork.shapes import Expectation, check, sample_scene
 from brushwork.shapes.draw import Scene
 
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "heldout", "novel")
 # The prompts' own seeds, apart from any data set's (`brushwork data shapes` defaults to seed 0).
-PROMPT_SEEDS = {"train": 1_000_001, "heldout": 1_000_002}
+PROMPT_SEEDS = {"train": 1_000_001, "heldout": 1_000_002, "novel": 1_000_003}
 ATTRIBUTES = ("colour", "shape", "colour+shape", "position", "count", "size", "background", "all")
 
 
@@ -106,14 +107,17 @@ def score(prompts: Sequence[EvalPrompt], source: ImageSource, seeds: Sequence[in
 
 
 def engine_source(model: str | Path, *, steps: int, cfg_scale: float, sampler: str | None = None,
-                  store=None) -> ImageSource:
-    """Pictures made by `Engine.run` from a checkpoint: one Recipe per prompt, batch_size = number of seeds."""
+                  store=None, loras: Sequence = ()) -> ImageSource:
+    """Pictures made by `Engine.run` from a checkpoint: one Recipe per prompt, batch_size = number of seeds.
+    `loras` (LoraUse items, files in the store's Lora/ folder) apply to every picture."""
     from brushwork.engine.engine import Engine
     from brushwork.models.store import ModelStore
     from brushwork.recipe import Recipe
 
     engine = Engine(store or ModelStore(allow_paths=True))
     extra = {"sampler": sampler} if sampler else {}
+    if loras:
+        extra["loras"] = list(loras)
 
     def paint(item: EvalPrompt, seeds: list[int]) -> list[Image.Image]:
         if seeds != list(range(seeds[0], seeds[0] + len(seeds))):

@@ -111,6 +111,28 @@ def batch_order(pictures: list[Picture], batch_size: int, seed: int) -> Callable
     return batch
 
 
+def sample_hook(folder: Path, paint: Callable[[str, int, int], Image.Image], prompt: str, seed: int, size: int,
+                modules: list[torch.nn.Module], before: Callable[[], None] | None = None) -> Callable[[int], None]:
+    """A LoopHooks.sample: paint `prompt` with the weights as they are after a step (`before` first brings
+    anything the painter reads from disk up to date) into `folder`/step-NNNNNN.png, modules in eval mode."""
+
+    def sample(done: int) -> None:
+        if before is not None:
+            before()
+        training = [module.training for module in modules]
+        for module in modules:
+            module.eval()
+        try:
+            picture = paint(prompt, seed, size)
+        finally:
+            for module, was in zip(modules, training):
+                module.train(was)
+        folder.mkdir(parents=True, exist_ok=True)
+        picture.save(folder / f"step-{done:06d}.png")
+
+    return sample
+
+
 def shuffled_tags(caption: str, keep: int, generator: torch.Generator) -> str:
     """kohya's shuffle_caption with keep_tokens: the comma-separated tags after the first `keep` in a random
     order drawn from `generator` (so each step's order is fixed by its seed)."""

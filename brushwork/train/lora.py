@@ -1,6 +1,7 @@
 """`brushwork train lora`: a LoRA for any SD 1.x/2.x checkpoint from a folder of captioned pictures.
 
-peft puts the adapters on the U-Net's attention projections (and, with `train_text_encoder`, the text encoder's);
+peft puts the adapters where kohya's trainer does: the U-Net's transformer blocks (attention, feed-forward and
+the 1x1 projections around them) and, with `train_text_encoder`, the text encoder's attention and MLP;
 the base weights stay frozen. Pictures are curated first (train/curation.py; the report is saved beside the
 output), resized into aspect-ratio buckets and encoded by the VAE once. Each step draws its batch (one bucket),
 noise and timesteps from generators seeded by (seed, step), so a run resumed from its state folder continues
@@ -30,12 +31,17 @@ from brushwork.train.finetune import (
     encode_pictures,
     noisy_batch,
     run_state,
+    sample_hook,
     shuffled_tags,
 )
 from brushwork.train.loop import LoopHooks, learning_rate, run_steps
+from brushwork.train.optimize import Optimization
+from brushwork.train.settings import StepSettings
 
-UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # kohya's default LoRA targets in attention
-TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+# kohya's networks.lora defaults: every Linear (and 1x1 projection) of the U-Net's transformer blocks, and of
+# the text encoder's attention and MLP.
+UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"]
+TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class LoraTrainSettings:
     checkpoint_every: int = 100
     sample_every: int = 0  # steps between sample pictures (0: none), painted through the Engine
     sample_prompt: str = ""  # default: the first picture's caption
+    optimization: StepSettings = StepSettings()
 
 
 def train_lora(components: Components, data_dir: Path, output: Path, settings: LoraTrainSettings, *,
@@ -90,7 +97,8 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
     parameters = [p for module in trained for p in module.parameters() if p.requires_grad]
     for parameter in parameters:
         parameter.data = parameter.data.float()  # adapters train in float32 even on a float16 base
-    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=1e-2)
+    optimization = Optimization(parameters, lr=settings.lr, weight_decay=1e-2, settings=settings.optimization,
+                                device=device, modules=trained)
     scheduler = DDPMScheduler.from_config(components.scheduler_config)
     tokenizer = components.tokenizers[0]
 
@@ -99,14 +107,14 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
     if saved is not None:
         for module, weights in zip(trained, saved["adapters"]):
             module.load_state_dict(weights, strict=False)
-        optimizer.load_state_dict(saved["optimizer"])
+        optimization.load_state_dict(saved["optimization"])
         start = int(saved["step"])
 
     order = batch_order(pictures, settings.batch_size, settings.seed)
 
-    def step(index: int) -> float:
-        batch = order(index)
-        generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + index)
+    def loss_of(micro: int) -> torch.Tensor:
+        batch = order(micro)
+        generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + micro)
         captions = [pictures[i].caption if torch.rand((), generator=generator) >= settings.caption_dropout else ""
                     for i in batch]
         if settings.shuffle_tags:
@@ -114,29 +122,20 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
         ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids.to(device)
         noisy, timesteps, target = noisy_batch(components, scheduler, [pictures[i] for i in batch], generator)
-        with torch.set_grad_enabled(True):
-            loss = diffusion_loss(unet, noisy, timesteps, target, text_encoder(ids)[0])
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(index, settings.steps, settings.lr, settings.warmup, 1.0)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        return float(loss)
+        return diffusion_loss(unet, noisy, timesteps, target, text_encoder(ids)[0])
+
+    def step(index: int) -> float:
+        return optimization.step(index, learning_rate(index, settings.steps, settings.lr, settings.warmup, 1.0), loss_of)
 
     def checkpoint(done: int) -> None:
-        state.save("lora.pt", {"step": done, "optimizer": optimizer.state_dict(),
-                               "adapters": [_adapter_weights(module) for module in trained]})
+        if optimization.is_main:
+            state.save("lora.pt", {"step": done, "optimization": optimization.state_dict(),
+                                   "adapters": [_adapter_weights(module) for module in trained]})
 
-    def sample(done: int) -> None:
-        for module in trained:
-            module.eval()
-        prompt = settings.sample_prompt or pictures[0].caption
-        picture = paint(prompt, settings.seed, settings.resolution)  # the adapters are live in the modules
-        (state.folder / "samples").mkdir(exist_ok=True)
-        picture.save(state.folder / "samples" / f"step-{done:06d}.png")
-        for module in trained:
-            module.train()
-
+    sample = None
+    if paint is not None and settings.sample_every and optimization.is_main:  # the adapters are live in the modules
+        sample = sample_hook(state.folder / "samples", paint, settings.sample_prompt or pictures[0].caption,
+                             settings.seed, settings.resolution, trained)
     for module in trained:
         module.train()
     started = time.time()
@@ -144,13 +143,14 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
         result = run_steps("lora", start, settings.steps, step,
                            LoopHooks(checkpoint=checkpoint, checkpoint_every=settings.checkpoint_every,
                                      should_stop=should_stop, on_step=on_step, progress=progress,
-                                     sample=sample if paint is not None and settings.sample_every else None,
-                                     sample_every=settings.sample_every))
+                                     sample=sample, sample_every=settings.sample_every))
     finally:
         for module in trained:
             module.eval()
-    metadata = _metadata(settings, components, kept, base_name, base_hash, output, started)
-    save_file(kohya_state_dict(components, settings), str(output), metadata=metadata)
+    optimization.finish()
+    if optimization.is_main:
+        metadata = _metadata(settings, components, kept, base_name, base_hash, output, started)
+        save_file(kohya_state_dict(components, settings), str(output), metadata=metadata)
     return FineTuneResult(output, settings.steps, result.losses, result.seconds, len(kept))
 
 
@@ -196,6 +196,9 @@ def _metadata(settings: LoraTrainSettings, components: Components, examples, bas
         "ss_resolution": f"({settings.resolution}, {settings.resolution})", "ss_max_train_steps": str(settings.steps),
         "ss_learning_rate": f"{settings.lr:g}", "ss_num_train_images": str(sum(e.repeats for e in examples)),
         "ss_batch_size_per_device": str(settings.batch_size), "ss_seed": str(settings.seed),
+        "ss_gradient_accumulation_steps": str(settings.optimization.accumulation),
+        "ss_mixed_precision": settings.optimization.mixed_precision,
+        "ss_gradient_checkpointing": str(settings.optimization.gradient_checkpointing),
         "ss_training_started_at": f"{started:.0f}", "ss_training_finished_at": f"{time.time():.0f}",
         "ss_text_encoder_lr": f"{settings.lr:g}" if settings.train_text_encoder else "0",
         "ss_tag_frequency": json.dumps(tags), "ss_caption_dropout_rate": f"{settings.caption_dropout:g}",

@@ -1,4 +1,5 @@
-"""How long and how hard to train: the hyper-parameters of both stages, and the named presets.
+"""How long and how hard to train: the hyper-parameters of both stages, the named presets, and how the
+fine-tuners take their steps.
 
 `quick` finishes end to end in under 30 minutes on 2 CPU cores (a usable but not yet accurate model);
 `full` is the recipe for the shipped model. Explicit command-line flags override a preset's values.
@@ -13,6 +14,18 @@ from brushwork.errors import BrushworkError
 from brushwork.train.spec import DEFAULT_SPEC, TOY_SPEC, ModelSpec
 
 ARCHITECTURES: dict[str, ModelSpec] = {"base": DEFAULT_SPEC, "toy": TOY_SPEC}
+
+PRECISIONS = ("no", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How fine-tuning steps are taken (train/optimize.py): precision, accumulation, checkpointing, EMA."""
+
+    mixed_precision: str = "no"  # "fp16" (GPU) or "bf16": the forward pass autocasts, the weights stay float32
+    accumulation: int = 1  # micro-batches per optimizer step and process
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
+    ema_decay: float = 0.0  # 0: off; else the saved weights are this exponential average of the trained ones
 
 
 @dataclass(frozen=True)

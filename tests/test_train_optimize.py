@@ -1,0 +1,160 @@
+"""How fine-tuning steps are taken (train/optimize.py): gradient accumulation is the mean of its micro-batches,
+the EMA is the saved weights, bf16 autocasts, gradient checkpointing leaves the result unchanged, fp16 on the
+CPU is refused with a message, a run with all of them on still resumes to the same weights, and two processes
+train what one does."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from brushwork.cli import main
+from brushwork.errors import BrushworkError
+from brushwork.shapes import make_dataset
+from brushwork.train.optimize import Optimization
+from brushwork.train.settings import StepSettings
+from tiny_models import write_tiny_checkpoint
+
+FLAGS = ["--resolution", "64", "--rank", "4", "--alpha", "4", "--lr", "1e-3", "--no-progress", "--device", "cpu"]
+
+
+def _linear(seed: int = 0) -> torch.nn.Linear:
+    torch.manual_seed(seed)
+    return torch.nn.Linear(3, 2)
+
+
+def _micro_loss(layer: torch.nn.Linear):
+    inputs = torch.randn(8, 3, generator=torch.Generator().manual_seed(1))
+
+    def loss_of(micro: int) -> torch.Tensor:
+        return layer(inputs[micro::4]).pow(2).mean() * (micro + 1)
+
+    return loss_of
+
+
+def test_accumulated_micro_batches_step_as_their_mean():
+    accumulated, whole = _linear(), _linear()
+    steps = Optimization(accumulated.parameters(), lr=0.1, weight_decay=0.0, device="cpu",
+                         settings=StepSettings(accumulation=2))
+    reference = Optimization(whole.parameters(), lr=0.1, weight_decay=0.0, device="cpu", settings=StepSettings())
+    assert steps.micro_batches(3) == [6, 7]
+    loss_a, loss_b = _micro_loss(accumulated), _micro_loss(whole)
+    for step in range(3):
+        mean = steps.step(step, 0.1, loss_a)
+        assert mean == pytest.approx(reference.step(step, 0.1, lambda _: (loss_b(2 * step) + loss_b(2 * step + 1)) / 2))
+    for ours, theirs in zip(accumulated.parameters(), whole.parameters()):
+        assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_the_ema_average_becomes_the_weights():
+    layer = _linear()
+    start = [p.detach().clone() for p in layer.parameters()]
+    steps = Optimization(layer.parameters(), lr=0.1, weight_decay=0.0, device="cpu",
+                         settings=StepSettings(ema_decay=0.5))
+    loss_of = _micro_loss(layer)
+    expected = [p.clone() for p in start]
+    for step in range(4):
+        steps.step(step, 0.1, loss_of)
+        weight = 1 - min(0.5, (1 + step) / (10 + step))
+        expected = [e + weight * (p.detach() - e) for e, p in zip(expected, layer.parameters())]
+    live = [p.detach().clone() for p in layer.parameters()]
+    steps.finish()
+    for saved, average, trained in zip(layer.parameters(), expected, live):
+        assert torch.allclose(saved, average, atol=1e-6) and not torch.allclose(saved, trained)
+
+
+def test_bf16_autocasts_the_forward_and_fp16_needs_a_gpu():
+    layer = _linear()
+    steps = Optimization(layer.parameters(), lr=0.1, weight_decay=0.0, device="cpu",
+                         settings=StepSettings(mixed_precision="bf16"))
+    seen = []
+
+    def loss_of(micro: int) -> torch.Tensor:
+        out = layer(torch.ones(2, 3))
+        seen.append(out.dtype)
+        return out.float().pow(2).mean()
+
+    assert torch.isfinite(torch.tensor(steps.step(0, 0.1, loss_of)))
+    assert seen == [torch.bfloat16] and layer.weight.dtype == torch.float32
+    with pytest.raises(BrushworkError, match="fp16 needs a GPU"):
+        Optimization(layer.parameters(), lr=0.1, weight_decay=0.0, device="cpu",
+                     settings=StepSettings(mixed_precision="fp16"))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-optimize")
+    models = root / "models"
+    (models / "Stable-diffusion").mkdir(parents=True)
+    write_tiny_checkpoint("sd1", models / "Stable-diffusion" / "tiny.safetensors")
+    make_dataset(root / "shapes", 4, seed=5, size=64, split="all")
+    return root, models
+
+
+def train(setup, output, *extra) -> int:
+    root, models = setup
+    return main(["train", "lora", str(root / "shapes"), "--base", "tiny", "--models-dir", str(models),
+                 "-o", str(output), *FLAGS, *extra])
+
+
+def test_gradient_checkpointing_trains_the_same_lora(setup, tmp_path, monkeypatch):
+    assert train(setup, tmp_path / "plain.safetensors", "--steps", "3") == 0
+    import torch.utils.checkpoint as checkpointing
+
+    real, calls = checkpointing.checkpoint, []
+    monkeypatch.setattr(checkpointing, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert train(setup, tmp_path / "recomputed.safetensors", "--steps", "3", "--gradient-checkpointing") == 0
+    assert calls  # the U-Net's blocks really were recomputed
+    plain, recomputed = load_file(tmp_path / "plain.safetensors"), load_file(tmp_path / "recomputed.safetensors")
+    assert plain.keys() == recomputed.keys()
+    assert all(torch.allclose(plain[k], recomputed[k], atol=1e-5) for k in plain)
+
+
+def test_a_run_with_accumulation_ema_and_bf16_resumes_exactly(setup, tmp_path, monkeypatch):
+    options = ["--steps", "4", "--checkpoint-every", "2", "--gradient-accumulation", "2", "--ema-decay", "0.9",
+               "--mixed-precision", "bf16"]
+    whole = tmp_path / "whole.safetensors"
+    assert train(setup, whole, *options) == 0
+
+    import brushwork.train.lora as trainer
+
+    real = trainer.train_lora
+    monkeypatch.setattr(trainer, "train_lora", lambda *a, **k: real(*a, **k | {"should_stop": lambda: True}))
+    halves = tmp_path / "halves.safetensors"
+    assert train(setup, halves, *options) != 0  # stopped after step 1, its state saved
+    monkeypatch.setattr(trainer, "train_lora", real)
+    assert train(setup, halves, *options, "--resume") == 0
+    first, second = load_file(whole), load_file(halves)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_fp16_on_the_cpu_is_a_clear_error(setup, tmp_path, capsys):
+    assert train(setup, tmp_path / "x.safetensors", "--steps", "1", "--mixed-precision", "fp16") != 0
+    assert "fp16 needs a GPU" in capsys.readouterr().err
+
+
+def test_two_processes_train_what_one_does_with_accumulation(setup, tmp_path):
+    """`accelerate launch` starts one process per GPU through torch's launcher; here two CPU processes (gloo) in
+    a network namespace of their own that has only loopback. Each trains half of every step's micro-batches
+    and their gradients are averaged: the same LoRA as one process accumulating both micro-batches."""
+    root, models = setup
+    common = [str(root / "shapes"), "--base", "tiny", "--models-dir", str(models), *FLAGS, "--steps", "3"]
+    one = tmp_path / "one.safetensors"
+    assert main(["train", "lora", *common, "-o", str(one), "--gradient-accumulation", "2"]) == 0
+    two = tmp_path / "two.safetensors"
+    launch = shlex.join([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                         "--master_addr", "127.0.0.1", "--master_port", "29541",
+                         "-m", "brushwork", "train", "lora", *common, "-o", str(two)])
+    run = subprocess.run(["unshare", "-rn", "sh", "-c", f"ip link set lo up && {launch}"], capture_output=True,
+                         text=True, timeout=300, env=os.environ | {"GLOO_SOCKET_IFNAME": "lo"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count(str(two)) == 1  # only the main process reports (and writes)
+    first, second = load_file(one), load_file(two)
+    assert first.keys() == second.keys()
+    assert all(torch.allclose(first[k], second[k], atol=1e-5) for k in first)
