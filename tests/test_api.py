@@ -74,10 +74,11 @@ def data_url(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
-def read_events(client: TestClient, job_id: str, **request: Any) -> list[tuple[str, dict]]:
-    """The job's Server-Sent Events as (event name, data), parsed as a browser's EventSource would."""
+def read_events(client: TestClient, job_id: str, *, url: str | None = None, **request: Any) -> list[tuple[str, dict]]:
+    """The job's Server-Sent Events (or those of `url`) as (event name, data), parsed as a browser's EventSource
+    would."""
     events, name, data = [], None, []
-    with client.stream("GET", f"/api/v1/jobs/{job_id}/events", timeout=TIMEOUT, **request) as response:
+    with client.stream("GET", url or f"/api/v1/jobs/{job_id}/events", timeout=TIMEOUT, **request) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():

@@ -69,7 +69,7 @@ def test_bad_requests_are_clear(setup, tmp_path, capsys):
     code = main(["train", "dreambooth", str(root / "subject"), "--base", "tiny", "--models-dir", str(models),
                  "-o", str(tmp_path / "x.safetensors"), "--instance-prompt", "sks", "--class-images", "2",
                  "--resolution", "64", "--no-progress"])
-    assert code == 2 and "needs a --class-prompt" in capsys.readouterr().err
+    assert code == 2 and "needs a class prompt (class_prompt, --class-prompt)" in capsys.readouterr().err
 
 
 def test_sample_pictures_show_the_model_as_it_trains(setup, tmp_path):

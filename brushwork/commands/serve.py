@@ -10,7 +10,8 @@ from pathlib import Path
 from brushwork.commands.common import add_model_options
 from brushwork.errors import BrushworkError
 
-DEFAULTS = {"max_pixels": 2048 * 2048, "max_steps": 150, "max_batch": 16, "max_upload_mb": 16.0, "max_image_side": 4096}
+DEFAULTS = {"max_pixels": 2048 * 2048, "max_steps": 150, "max_batch": 16, "max_upload_mb": 16.0, "max_image_side": 4096,
+            "max_train_steps": 20_000}
 
 
 def add_parser(subparsers) -> None:
@@ -39,6 +40,8 @@ def add_parser(subparsers) -> None:
     limits.add_argument("--max-upload-mb", dest="max_upload_mb", type=float, default=DEFAULTS["max_upload_mb"],
                         help="size of one uploaded picture (default: %(default)s)")
     limits.add_argument("--max-image-side", dest="max_image_side", type=int, default=DEFAULTS["max_image_side"])
+    limits.add_argument("--max-train-steps", dest="max_train_steps", type=int, default=DEFAULTS["max_train_steps"],
+                        help="optimizer steps of one training job (default: %(default)s)")
     serve.add_argument("--no-batching", dest="batching", action="store_false",
                        help="never denoise compatible jobs together in one batch")
     serve.set_defaults(run=run)
@@ -47,7 +50,7 @@ def add_parser(subparsers) -> None:
 def settings_from_args(args: argparse.Namespace):
     from brushwork.serve.settings import Limits, Settings, parse_basic_auth
 
-    for name in ("max_pixels", "max_steps", "max_batch", "max_upload_mb", "max_image_side"):
+    for name in ("max_pixels", "max_steps", "max_batch", "max_upload_mb", "max_image_side", "max_train_steps"):
         if getattr(args, name) <= 0:
             raise BrushworkError(f"--{name.replace('_', '-')} must be positive")
     if not 0 < args.port < 65536:
@@ -55,7 +58,8 @@ def settings_from_args(args: argparse.Namespace):
     if any(not key.strip() for key in args.api_keys):
         raise BrushworkError("--api-key must not be empty")
     limits = Limits(max_pixels=args.max_pixels, max_steps=args.max_steps, max_batch=args.max_batch,
-                    max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_image_side=args.max_image_side)
+                    max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_image_side=args.max_image_side,
+                    max_train_steps=args.max_train_steps)
     settings = Settings(
         host=args.host, port=args.port, models_dir=args.models_dir, data_dir=args.data_dir,
         basic_auth=parse_basic_auth(args.api_auth), api_keys=tuple(key.strip() for key in args.api_keys),

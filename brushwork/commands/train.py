@@ -140,13 +140,6 @@ def _fine_tune_parser(kinds, name: str, summary: str, description: str, data_hel
     return parser
 
 
-def _step_settings(args: argparse.Namespace):
-    from brushwork.train.settings import StepSettings
-
-    return StepSettings(mixed_precision=args.mixed_precision, accumulation=args.accumulation,
-                        gradient_checkpointing=args.gradient_checkpointing, ema_decay=args.ema_decay)
-
-
 def run_base(args: argparse.Namespace) -> int:
     import torch
 
@@ -177,79 +170,40 @@ def run_base(args: argparse.Namespace) -> int:
 
 
 def run_lora(args: argparse.Namespace) -> int:
-    from brushwork.train.lora import LoraTrainSettings, train_lora
-
-    settings = LoraTrainSettings(**{name: getattr(args, name) for name in (
-        "rank", "alpha", "steps", "lr", "resolution", "batch_size", "seed", "caption_dropout", "checkpoint_every",
-        "train_text_encoder", "shuffle_tags", "keep_tokens", "sample_every", "sample_prompt")},
-        optimization=_step_settings(args))
-
-    def train(model, output, store, **run):
-        return train_lora(model.components, args.data, output, settings, base_name=model.name,
-                          base_hash=store.hashes.sha256(model.path), paint=_painter(model, store, steps=20), **run)
-
-    return _fine_tune(args, args.output or Path(args.data.name + ".safetensors"), train)
-
-
-def _painter(model, store, steps: int, embedding_files: list[Path] = ()):
-    """paint(prompt, seed, size): one picture with the model as it is now, through the Engine; `embedding_files`
-    are textual inversions it knows besides the models folder's."""
-    from brushwork.engine.embeddings import EmbeddingLibrary
-    from brushwork.engine.engine import Engine
-    from brushwork.recipe import Recipe
-
-    engine = Engine(store)
-    if embedding_files:
-        folder = engine.embeddings
-        engine.embeddings = EmbeddingLibrary(lambda: [*folder.entries(), *(p for p in embedding_files if p.is_file())],
-                                             allow_pickle=folder.allow_pickle)
-
-    def paint(prompt: str, seed: int, size: int):
-        recipe = Recipe(prompt=prompt, seed=seed, steps=steps, width=size, height=size, model=str(model.path))
-        return engine.run(recipe).images[0].image
-
-    return paint
+    return _fine_tune(args, "lora", args.output or Path(args.data.name + ".safetensors"), (
+        "rank", "alpha", "caption_dropout", "train_text_encoder", "shuffle_tags", "keep_tokens"))
 
 
 def run_embedding(args: argparse.Namespace) -> int:
-    from brushwork.train.embedding import EmbeddingTrainSettings, sample_file, train_embedding
-
-    settings = EmbeddingTrainSettings(**{name: getattr(args, name) for name in (
-        "token", "init_word", "vectors", "steps", "lr", "resolution", "batch_size", "seed", "checkpoint_every",
-        "sample_every", "sample_prompt")}, optimization=_step_settings(args))
-
-    def train(model, output, store, **run):
-        painter = _painter(model, store, steps=20, embedding_files=[sample_file(output, settings.token)])
-        return train_embedding(model.components, args.data, output, settings,
-                               base_hash=store.hashes.sha256(model.path), paint=painter, **run)
-
-    return _fine_tune(args, args.output or Path(args.token + ".safetensors"), train)
+    return _fine_tune(args, "embedding", args.output or Path(args.token + ".safetensors"),
+                      ("token", "init_word", "vectors"))
 
 
 def run_dreambooth(args: argparse.Namespace) -> int:
-    from brushwork.train.dreambooth import DreamBoothSettings, train_dreambooth
-
-    settings = DreamBoothSettings(**{name: getattr(args, name) for name in (
-        "instance_prompt", "class_prompt", "class_images", "prior_weight", "steps", "lr", "resolution", "batch_size",
-        "train_text_encoder", "class_steps", "seed", "checkpoint_every", "sample_every", "sample_prompt")},
-        optimization=_step_settings(args))
-
-    def train(model, output, store, **run):  # the class pictures: the base model, before any step changes it
-        return train_dreambooth(model.components, _painter(model, store, settings.class_steps), args.data, output,
-                                settings, base_hash=store.hashes.sha256(model.path), **run)
-
-    return _fine_tune(args, args.output or Path(args.data.name + ".safetensors"), train)
+    return _fine_tune(args, "dreambooth", args.output or Path(args.data.name + ".safetensors"), (
+        "instance_prompt", "class_prompt", "class_images", "prior_weight", "train_text_encoder", "class_steps"))
 
 
-def _fine_tune(args: argparse.Namespace, output: Path, train) -> int:
-    """Load the base, run `train` with Ctrl-C saving the state, and say where the file is."""
+def _fine_tune(args: argparse.Namespace, kind: str, output: Path, own_flags: tuple[str, ...]) -> int:
+    """Build the TrainRequest, load the base, train with Ctrl-C saving the state, and say where the file is."""
     import torch
+    from pydantic import ValidationError
 
     from brushwork.models.store import ModelStore
+    from brushwork.recipe import describe_validation_error
+    from brushwork.train.jobs import TrainRequest, fine_tune
     from brushwork.train.loop import TrainingInterrupted
 
     if output.suffix.lower() != ".safetensors":
         raise BrushworkError(f"-o/--output: write a .safetensors file, got {output}")
+    shared = ("steps", "lr", "resolution", "batch_size", "seed", "checkpoint_every", "sample_every", "sample_prompt",
+              "mixed_precision", "gradient_checkpointing", "ema_decay")
+    try:
+        request = TrainRequest(kind=kind, output=output.stem, base=args.base,
+                               gradient_accumulation=args.accumulation,
+                               **{name: getattr(args, name) for name in (*shared, *own_flags)})
+    except ValidationError as error:
+        raise BrushworkError(f"train {kind}: {describe_validation_error(error)}") from None
     device = args.device or _default_device()
     store = ModelStore(args.models_dir, device=device, dtype=torch.float32, allow_pickle=args.allow_pickle,
                        allow_paths=True)
@@ -257,7 +211,8 @@ def _fine_tune(args: argparse.Namespace, output: Path, train) -> int:
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: _request_stop(stop))
     try:
-        result = train(model, output, store, resume=args.resume, progress=args.progress, should_stop=stop.is_set)
+        result = fine_tune(request, model, store, args.data, output, resume=args.resume, progress=args.progress,
+                           should_stop=stop.is_set)
     except TrainingInterrupted as stopped:
         print(f"\nstopped: saved after step {stopped.step}; run the same command with --resume to continue",
               file=sys.stderr)

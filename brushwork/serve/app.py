@@ -3,8 +3,8 @@
     app = create_app(Settings(models_dir=Path("models"), data_dir=Path("data")))
     uvicorn.run(app, host="127.0.0.1", port=7860)
 
-`create_app` builds the services (ModelStore -> Engine -> JobQueue) from the settings, unless a `JobService`
-is handed in; routes only ever talk to the services on `app.state`, through `brushwork.serve.deps`.
+`create_app` builds the services (ModelStore -> Engine -> JobQueue, and the TrainingQueue) from the settings,
+unless a `JobService` is handed in; routes only ever talk to the services on `app.state`, through `brushwork.serve.deps`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from brushwork import __version__
 from brushwork.errors import BrushworkError
 from brushwork.models.store import ModelStore
 from brushwork.recipe import describe_validation_error
-from brushwork.serve.api import gallery, info, jobs as jobs_api, models, sdapi, sdapi_info, sdapi_system
+from brushwork.serve.api import gallery, info, jobs as jobs_api, models, sdapi, sdapi_info, sdapi_system, train
 from brushwork.serve.auth import AuthMiddleware, build_authenticator
 from brushwork.serve.deps import Upscalers, WebuiOptions, locked_runner
 from brushwork.serve.jobs import JobService
@@ -62,6 +62,9 @@ def create_app(
         queue = JobQueue(settings.data_dir, Engine(store), max_group_images=8 if settings.batching else 1)
         jobs = queue
     upscalers = Upscalers(store, queue.run_task if queue is not None else locked_runner(Engine(store)))
+    from brushwork.serve.training import TrainingQueue
+
+    training = TrainingQueue(settings.data_dir, store, settings.limits)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -69,10 +72,12 @@ def create_app(
         limiter.total_tokens = max(limiter.total_tokens, REQUEST_THREADS)
         if queue is not None:
             await run_in_threadpool(queue.start)
+        await run_in_threadpool(training.start)
         try:
             yield
         finally:
             app.state.shutdown.set()
+            await run_in_threadpool(training.close)
             if queue is not None:
                 await run_in_threadpool(queue.close)
 
@@ -87,9 +92,10 @@ def create_app(
     app.state.jobs = jobs
     app.state.webui_options = WebuiOptions()
     app.state.upscalers = upscalers
+    app.state.training = training
     app.state.shutdown = threading.Event()
 
-    for router in (jobs_api.router, gallery.router, models.router, info.router):
+    for router in (jobs_api.router, gallery.router, models.router, info.router, train.router):
         app.include_router(router, prefix="/api/v1")
     for router in (sdapi.router, sdapi_info.router, sdapi_system.router):
         app.include_router(router, prefix="/sdapi/v1")

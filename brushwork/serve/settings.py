@@ -25,6 +25,8 @@ class Limits:
     max_batch: int = 16  # batch_size * batch_count
     max_upload_bytes: int = 16 * MIB  # one uploaded picture, decoded
     max_image_side: int = 4096  # the longer side of any picture made or uploaded
+    max_train_steps: int = 20_000  # optimizer steps of one training job
+    max_train_resolution: int = 1024  # a training job's bucket side
 
     @property
     def max_body_bytes(self) -> int:

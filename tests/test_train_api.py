@@ -1,0 +1,170 @@
+"""Training as jobs of the native API (`/api/v1/train`): queued, streamed (loss curve and samples), cancelled,
+resumed after the server stops, its file in the models folder for the next picture; bad requests are 4xx."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from contextlib import closing
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from brushwork.models.store import ModelStore
+from brushwork.serve.settings import Limits
+from brushwork.serve.training import TrainingQueue
+from brushwork.shapes import make_dataset
+from test_api import TEST_LIMITS, assert_clean_error, make_client, read_events, wait_done
+from tiny_models import write_tiny_checkpoint
+
+LORA = {"kind": "lora", "dataset": "shapes", "base": "tiny", "steps": 4, "resolution": 64, "rank": 4, "alpha": 4,
+        "lr": 1e-3}
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    models = tmp_path_factory.mktemp("train-api") / "models"
+    (models / "Stable-diffusion").mkdir(parents=True)
+    write_tiny_checkpoint("sd1", models / "Stable-diffusion" / "tiny.safetensors")
+    return models
+
+
+def with_dataset(data_dir):
+    make_dataset(data_dir / "datasets" / "shapes", 4, seed=5, size=64, split="all")
+    return data_dir
+
+
+def follow(client, job_id: str) -> list[tuple[str, dict]]:
+    return read_events(client, job_id, url=f"/api/v1/train/{job_id}/events")
+
+
+def test_a_lora_job_streams_its_curve_and_samples_and_paints_at_once(models_dir, tmp_path):
+    with make_client(models_dir, with_dataset(tmp_path / "data")) as client:
+        assert client.get("/api/v1/datasets").json() == [{"name": "shapes", "pictures": 4}]
+        response = client.post("/api/v1/train", json=LORA | {"output": "shapes-style", "sample_every": 2,
+                                                                "sample_prompt": "a red circle"})
+        assert response.status_code == 202, response.text
+        job_id = response.json()["id"]
+        events = follow(client, job_id)
+        assert events[-1][0] == "done", events[-1]
+        progress = [data for name, data in events if name == "progress"]
+        assert progress and all(0 < data["step"] <= 4 and data["total"] == 4 for data in progress)
+        streamed = [loss for data in progress for loss in data["losses"]]  # each event adds the new points
+        job = client.get(f"/api/v1/train/{job_id}").json()
+        assert job["state"] == "done" and job["step"] == 4 and len(job["losses"]) == 4
+        assert streamed == job["losses"][: len(streamed)]
+        assert job["samples"] == ["step-000002.png", "step-000004.png"]
+        assert job["output"] == "Lora/shapes-style.safetensors"
+        sample = client.get(f"/api/v1/train/{job_id}/samples/step-000004.png")
+        assert sample.status_code == 200 and sample.content[:8] == b"\x89PNG\r\n\x1a\n"
+        assert client.get(f"/api/v1/train/{job_id}/samples/..%2Frun.json").status_code == 404
+        assert any(key.startswith("lora_unet_") for key in load_file(models_dir / "Lora" / "shapes-style.safetensors"))
+        assert [j["id"] for j in client.get("/api/v1/train").json()] == [job_id]
+
+        recipe = {"prompt": "a red circle", "steps": 2, "width": 64, "height": 64, "model": "tiny",
+                  "loras": [{"name": "shapes-style", "weight": 1.0}]}
+        painted = client.post("/api/v1/jobs", json=recipe)
+        assert painted.status_code == 202, painted.text
+        assert wait_done(client, painted.json()["id"])["state"] == "done"  # the new LoRA is usable at once
+        again = client.post("/api/v1/train", json=LORA | {"output": "shapes-style"})
+        assert_clean_error(again, 422, "Lora/shapes-style.safetensors already exists")
+    (models_dir / "Lora" / "shapes-style.safetensors").unlink()
+
+
+def test_a_running_job_is_cancelled_after_its_step(models_dir, tmp_path):
+    with make_client(models_dir, with_dataset(tmp_path / "data")) as client:
+        job_id = client.post("/api/v1/train", json=LORA | {"output": "long", "steps": 5000}).json()["id"]
+        deadline = time.monotonic() + 120
+        while client.get(f"/api/v1/train/{job_id}").json()["step"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        cancelled = client.post(f"/api/v1/train/{job_id}/cancel")
+        assert cancelled.status_code == 200 and cancelled.json()["cancelled"] is True
+        assert follow(client, job_id)[-1][0] == "cancelled"
+        job = client.get(f"/api/v1/train/{job_id}").json()
+        assert job["state"] == "cancelled" and 1 <= job["step"] < 5000 and job["output"] is None
+        assert not (models_dir / "Lora" / "long.safetensors").exists()
+        assert not list((tmp_path / "data" / "training" / job_id).rglob("*.pt"))  # optimizer state dropped
+        assert_clean_error(client.post(f"/api/v1/train/{job_id}/cancel"), 409, "already cancelled")
+
+
+def test_a_job_the_server_stopped_resumes_to_the_same_file(models_dir, tmp_path):
+    data = with_dataset(tmp_path / "data")
+    store = ModelStore(models_dir)
+    first = TrainingQueue(data, store, Limits())
+    first.start()
+    stopped = first.submit(LORA | {"output": "resumed", "steps": 6, "checkpoint_every": 2}, "me")
+    deadline = time.monotonic() + 120
+    while (first.get(stopped.id).step or 0) < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    first.close()  # as a server stopping mid-run: the state is saved, the job goes back to the queue
+    assert first_state(data, stopped.id) == "queued"
+    set_state(data, stopped.id, "running")  # and as a killed one: the row still says running
+    second = TrainingQueue(data, store, Limits())
+    second.start()
+    whole = second.submit(LORA | {"output": "whole", "steps": 6, "checkpoint_every": 2}, "me")
+    while second.get(whole.id).state.value not in ("done", "failed"):
+        assert time.monotonic() < deadline + 120
+        time.sleep(0.1)
+    second.stop()
+    assert second.get(stopped.id).state.value == "done", second.get(stopped.id).error
+    second.close()
+    resumed, uninterrupted = (load_file(models_dir / "Lora" / f"{name}.safetensors") for name in ("resumed", "whole"))
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+    for name in ("resumed", "whole"):
+        (models_dir / "Lora" / f"{name}.safetensors").unlink()
+
+
+def first_state(data_dir, job_id: str) -> str:
+    with closing(sqlite3.connect(data_dir / "training.sqlite3")) as db:
+        return db.execute("SELECT state FROM training_jobs WHERE id = ?", (job_id,)).fetchone()[0]
+
+
+def set_state(data_dir, job_id: str, state: str) -> None:
+    with closing(sqlite3.connect(data_dir / "training.sqlite3", isolation_level=None)) as db:
+        db.execute("UPDATE training_jobs SET state = ? WHERE id = ?", (state, job_id))
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"dataset": "missing"}, ["dataset 'missing' not found", "available: shapes"]),
+    ({"dataset": "../data"}, ["not found"]),
+    ({"output": "sub/name"}, ["no folders"]),
+    ({"output": ".."}, ["no folders"]),
+    ({"kind": "embedding"}, ["needs a token"]),
+    ({"kind": "dreambooth"}, ["instance prompt"]),
+    ({"kind": "hypernetwork"}, ["kind"]),
+    ({"steps": 11}, ["over this server's limit of 10"]),
+    ({"base": "nope"}, ["checkpoint 'nope' not found"]),
+    ({"mixed_precision": "fp8"}, ["mixed_precision"]),
+    ({"rank": 0}, ["rank"]),
+    ({"surprise": 1}, ["surprise"]),
+])
+def test_bad_training_requests_are_clear(models_dir, tmp_path, change, words):
+    limits = Limits(**{**TEST_LIMITS.__dict__, "max_train_steps": 10})
+    with make_client(models_dir, with_dataset(tmp_path / "data"), limits=limits) as client:
+        assert_clean_error(client.post("/api/v1/train", json=LORA | {"output": "x"} | change), 422, *words)
+        assert client.get("/api/v1/train").json() == []
+
+
+def test_other_owners_jobs_do_not_exist(models_dir, tmp_path):
+    with make_client(models_dir, with_dataset(tmp_path / "data"), api_keys=("alice-key", "bob-key")) as client:
+        alice, bob = ({"headers": {"X-API-Key": key}} for key in ("alice-key", "bob-key"))
+        job_id = client.post("/api/v1/train", json=LORA | {"output": "mine", "steps": 1}, **alice).json()["id"]
+        assert client.get(f"/api/v1/train/{job_id}", **bob).status_code == 404
+        assert client.post(f"/api/v1/train/{job_id}/cancel", **bob).status_code == 404
+        assert client.get("/api/v1/train", **bob).json() == []
+        assert follow_as(client, job_id, alice)[-1][0] in ("done", "cancelled", "failed")
+    (models_dir / "Lora" / "mine.safetensors").unlink(missing_ok=True)
+
+
+def follow_as(client, job_id, request):
+    return read_events(client, job_id, url=f"/api/v1/train/{job_id}/events", **request)
+
+
+def test_training_needs_a_models_folder(tmp_path):
+    data = with_dataset(tmp_path / "data")
+    queue = TrainingQueue(data, ModelStore(None), Limits())
+    with pytest.raises(Exception, match="--models-dir"):
+        queue.submit(LORA | {"output": "x", "base": None}, "me")
