@@ -288,7 +288,8 @@ def studio(app, client):
     from brushwork.serve.ui_studio import Studio
 
     state = app.state
-    return Studio(jobs=state.jobs, store=state.store, settings=state.settings, upscalers=state.upscalers)
+    return Studio(jobs=state.jobs, store=state.store, settings=state.settings, upscalers=state.upscalers,
+                  training=state.training)
 
 
 def wait(studio, job_id: str) -> Job:
@@ -391,7 +392,7 @@ def test_style_picker_offers_the_data_dirs_styles(studio, tmp_path):
         assert picker.multiselect and picker.value == [] and [value for _, value in picker.choices] == ["Film", "Oil"]
 
     elsewhere = Studio(jobs=studio.jobs, store=studio.store, settings=replace(studio.settings, data_dir=tmp_path),
-                       upscalers=studio.upscalers)
+                       upscalers=studio.upscalers, training=studio.training)
     names, note = style_choices(elsewhere)
     assert names == [] and "add a styles.csv" in note
     (tmp_path / "styles.csv").write_text("name,prompt\nfilm,grain, 35mm\n")

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from brushwork.models.store import ModelStore
 from brushwork.serve.app import create_app
 from brushwork.serve.settings import Limits, Settings
+from brushwork.shapes import make_dataset
 from tiny_loras import kohya_file, lora_factors
 from tiny_models import write_tiny_checkpoint
 
@@ -202,3 +203,35 @@ def test_lora_picker_adds_the_tag_and_the_job_applies_it(server, browser):
         context.close()
     latest = app.state.jobs.gallery()[0]
     assert latest.infotext.startswith("a red circle <lora:ink:1>")
+
+
+def test_train_tab_trains_a_lora_and_shows_its_curve_and_samples(server, browser):
+    base_url, app = server
+    make_dataset(app.state.training.datasets_dir / "circles", 4, seed=5, size=64, split="all")
+    context = signed_in_context(browser)
+    page = context.new_page()
+    try:
+        page.goto(base_url + "/", wait_until="load")
+        page.get_by_role("tab", name="Train").click()
+        page.locator("#train-refresh").click()
+        page.locator("#train-dataset input").click()
+        page.get_by_role("option", name="circles (4 pictures)").click()
+        page.locator("#train-output textarea").fill("ui-circles")
+        for name, value in (("steps", "4"), ("resolution", "64"), ("rank", "4"), ("lr", "0.001"),
+                            ("sample-every", "2")):
+            box = page.locator(f"#train-{name} input[type=number]")
+            box.fill(value)
+            box.press("Enter")
+        page.locator("#train-sample-prompt textarea").fill("a red circle")
+        page.locator("#train-start").click()
+        state = page.locator("#train-state")
+        sync_api.expect(state).to_have_attribute("data-state", re.compile("done|failed|cancelled"), timeout=TIMEOUT_MS)
+        assert state.get_attribute("data-state") == "done", state.inner_text()
+        assert "Lora/ui-circles.safetensors" in state.inner_text()
+        sync_api.expect(page.locator("#train-samples img")).to_have_count(2)
+        sync_api.expect(page.locator("#train-curve canvas, #train-curve svg").first).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "ui-train.png"), full_page=True)
+    finally:
+        context.close()
+    assert (app.state.store.models_dir / "Lora" / "ui-circles.safetensors").is_file()
+    assert len(app.state.training.list_jobs(USER)[0].losses) == 4

@@ -3,13 +3,13 @@
     app = create_app(settings, ui=mount)      # `brushwork serve` does this when this module exists
 
 Tabs: txt2img (with the hires fix), img2img (with the inpainting mask painter and outpainting), both with
-a picker of the data dir's styles.csv; extras (upscale), PNG info, gallery and queue. Pictures are made only
+a picker of the data dir's styles.csv; extras (upscale), PNG info, gallery, queue and train (fine-tuning). Pictures are made only
 by submitting Recipes to the app's `JobService`; the UI never calls the Engine. Everything it serves is
 local: a built-in theme on system fonts, no analytics, no server-side rendering process.
 
 This module only assembles the page. The imports point one way:
 
-    ui  ->  ui_generate (txt2img, img2img), ui_tabs (the others)  ->  ui_studio (Studio, errors)  ->  ui_forms
+    ui  ->  ui_generate (txt2img, img2img), ui_tabs, ui_train (the others)  ->  ui_studio (Studio, errors)  ->  ui_forms
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import gradio as gr
 from fastapi import FastAPI, Request
 
-from brushwork.serve import ui_generate, ui_tabs
+from brushwork.serve import ui_generate, ui_tabs, ui_train
 from brushwork.serve.ui_studio import Studio, new_browser_id
 
 SYSTEM_FONTS = ["system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial", "sans-serif"]
@@ -53,9 +53,11 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 gallery = ui_tabs.gallery_tab(studio)
             with gr.Tab("Queue", id="queue", elem_id="tab-queue") as queue_tab:
                 queue = ui_tabs.queue_tab(studio, browser, queue_tab)
+            with gr.Tab("Train", id="train", elem_id="tab-train") as train_tab:
+                ui_train.train_tab(studio, browser)
 
         # Opening another tab stops the queue tab's updates; the gallery reloads when opened.
-        for tab in (txt2img_tab, img2img_tab, extras_tab, pnginfo_tab, gallery_tab):
+        for tab in (txt2img_tab, img2img_tab, extras_tab, pnginfo_tab, gallery_tab, train_tab):
             tab.select(queue.stop_watching, show_progress="hidden", queue=False)
         gallery_tab.select(**gallery.reload)
 
@@ -80,7 +82,8 @@ def mount(app: FastAPI) -> None:
     from brushwork.serve.queue import OUTPUTS_NAME
 
     state = app.state
-    studio = Studio(jobs=state.jobs, store=state.store, settings=state.settings, upscalers=state.upscalers)
+    studio = Studio(jobs=state.jobs, store=state.store, settings=state.settings, upscalers=state.upscalers,
+                    training=state.training)
     outputs = Path(state.settings.data_dir).resolve() / OUTPUTS_NAME
     gr.mount_gradio_app(
         app,
@@ -88,7 +91,8 @@ def mount(app: FastAPI) -> None:
         path="/",
         footer_links=["settings"],
         auth_dependency=current_user,
-        allowed_paths=[str(outputs)],  # gallery pictures, which /api/v1/images serves to the same users
+        # Gallery pictures (which /api/v1/images serves to the same users) and training samples.
+        allowed_paths=[str(outputs), str(state.training.runs_dir)],
         max_file_size=state.settings.limits.max_upload_bytes,
         show_error=True,
         ssr_mode=False,

@@ -25,6 +25,7 @@ from brushwork.serve.deps import Upscalers
 from brushwork.serve.jobs import Job, JobService
 from brushwork.serve.limits import admit
 from brushwork.serve.settings import Settings
+from brushwork.serve.training import TrainingQueue
 from brushwork.serve.ui_forms import owner_of
 from brushwork.styles import NO_STYLE, STYLES_NAME, PromptStyle, load_styles
 
@@ -44,6 +45,7 @@ class Studio:
     store: ModelStore
     settings: Settings
     upscalers: Upscalers
+    training: TrainingQueue
 
     def checkpoints(self) -> list[str]:
         return [entry.name for entry in self.store.entries("checkpoint")]
