@@ -19,7 +19,7 @@ from brushwork.errors import BrushworkError
 from brushwork.shapes import make_dataset
 from brushwork.train.optimize import Optimization
 from brushwork.train.settings import StepSettings
-from tiny_models import write_tiny_checkpoint
+from tiny_models import tiny_components, write_tiny_checkpoint
 
 FLAGS = ["--resolution", "64", "--rank", "4", "--alpha", "4", "--lr", "1e-3", "--no-progress", "--device", "cpu"]
 
@@ -158,3 +158,29 @@ def test_two_processes_train_what_one_does_with_accumulation(setup, tmp_path):
     first, second = load_file(one), load_file(two)
     assert first.keys() == second.keys()
     assert all(torch.allclose(first[k], second[k], atol=1e-5) for k in first)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_min_snr_weights_each_pictures_loss(prediction):
+    """diffusers' and kohya's Min-SNR: min(SNR, gamma) / SNR for noise prediction, / (SNR + 1) for v."""
+    from types import SimpleNamespace
+
+    from brushwork.train.finetune import Objective
+
+    components = tiny_components("sd1")
+    components.scheduler_config = {**components.scheduler_config, "prediction_type": prediction}
+    objective = Objective(components, snr_gamma=5.0)
+    plain = Objective(components)
+    def unet(noisy, timesteps, encoder_hidden_states):  # predicts zeros: the error is the target squared
+        return SimpleNamespace(sample=torch.zeros_like(noisy))
+
+    unet.dtype = torch.float32
+    target = torch.arange(1.0, 4.0).view(3, 1, 1, 1).expand(3, 4, 2, 2)
+    timesteps = torch.tensor([10, 500, 990])
+    context = torch.zeros(3, 77, 32)
+    alphas = objective.scheduler.alphas_cumprod[timesteps]
+    snr = alphas / (1 - alphas)
+    weights = snr.clamp(max=5.0) / (snr if prediction == "epsilon" else snr + 1)
+    per_picture = torch.tensor([1.0, 4.0, 9.0])
+    assert objective.loss(unet, target, timesteps, target, context) == pytest.approx(float((per_picture * weights).mean()))
+    assert plain.loss(unet, target, timesteps, target, context) == pytest.approx(float(per_picture.mean()))

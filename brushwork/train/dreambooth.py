@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from diffusers import DDPMScheduler
 
 from brushwork.errors import BrushworkError
 from brushwork.models.components import Components
@@ -22,12 +21,11 @@ from brushwork.models.single_file import save_single_file
 from brushwork.train.dataset import Example
 from brushwork.train.finetune import (
     FineTuneResult,
+    Objective,
     Picture,
     batch_order,
     curated_examples,
-    diffusion_loss,
     encode_pictures,
-    noisy_batch,
     run_state,
     sample_hook,
 )
@@ -90,7 +88,7 @@ def train_dreambooth(components: Components, paint: Callable[[str, int, int], ob
     parameters = [p for module in trained for p in module.parameters()]
     optimization = Optimization(parameters, lr=settings.lr, weight_decay=1e-2, settings=settings.optimization,
                                 device=components.unet.device, modules=trained)
-    scheduler = DDPMScheduler.from_config(components.scheduler_config)
+    objective = Objective(components, settings.optimization.min_snr_gamma)
     tokenizer, text_encoder, unet = components.tokenizers[0], components.text_encoders[0], components.unet
 
     start = 0
@@ -111,12 +109,12 @@ def train_dreambooth(components: Components, paint: Callable[[str, int, int], ob
     def loss_of(micro: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + micro)
         batch = [instances[i] for i in instance_order(micro)]
-        loss = diffusion_loss(unet, *noisy_batch(components, scheduler, batch, generator),
+        loss = objective.loss(unet, *objective.noisy(batch, generator),
                               encode([p.caption for p in batch]))
         if class_order is not None:
             prior = [classes[i] for i in class_order(micro)]
-            loss = loss + settings.prior_weight * diffusion_loss(
-                unet, *noisy_batch(components, scheduler, prior, generator), encode([p.caption for p in prior]))
+            loss = loss + settings.prior_weight * objective.loss(
+                unet, *objective.noisy(prior, generator), encode([p.caption for p in prior]))
         return loss
 
     def step(index: int) -> float:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from diffusers import DDPMScheduler
 from safetensors.torch import save_file
 
 from brushwork.engine.embeddings import EmbeddingMatcher, vectors_hook
@@ -24,11 +23,10 @@ from brushwork.models.components import Components
 from brushwork.prompts import build_chunks
 from brushwork.train.finetune import (
     FineTuneResult,
+    Objective,
     batch_order,
     curated_examples,
-    diffusion_loss,
     encode_pictures,
-    noisy_batch,
     run_state,
     sample_hook,
 )
@@ -97,7 +95,7 @@ def train_embedding(components: Components, data_dir: Path, output: Path, settin
     device = unet.device
     optimization = Optimization([vectors], lr=settings.lr, weight_decay=0.0, settings=settings.optimization,
                                 device=device, modules=[unet, text_encoder])
-    scheduler = DDPMScheduler.from_config(components.scheduler_config)
+    objective = Objective(components, settings.optimization.min_snr_gamma)
     matcher = EmbeddingMatcher({settings.token: _Learnt(settings.vectors)}, tokenize)
     comma = tokenizer.convert_tokens_to_ids(",</w>")
 
@@ -118,14 +116,14 @@ def train_embedding(components: Components, data_dir: Path, output: Path, settin
                                comma_id=None if comma == tokenizer.unk_token_id else comma,
                                find_embedding=matcher)[0] for i in batch]  # the first chunk, as trainers use
         ids = torch.tensor([chunk.tokens for chunk in chunks], device=device)
-        noisy, timesteps, target = noisy_batch(components, scheduler, [pictures[i] for i in batch], generator)
+        noisy, timesteps, target = objective.noisy([pictures[i] for i in batch], generator)
         rows = {row: [(position, vectors) for position, _ in chunk.fixes] for row, chunk in enumerate(chunks)}
         handle = layer.register_forward_hook(vectors_hook(rows))
         try:
             context = text_encoder(ids)[0]
         finally:
             handle.remove()
-        return diffusion_loss(unet, noisy, timesteps, target, context)
+        return objective.loss(unet, noisy, timesteps, target, context)
 
     def step(index: int) -> float:
         return optimization.step(index, learning_rate(index, settings.steps, settings.lr, 0, 1.0), loss_of)

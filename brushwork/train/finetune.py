@@ -1,5 +1,5 @@
 """What every fine-tuning run shares (LoRA, textual inversion, DreamBooth): its state folder, the curated
-pictures encoded once into aspect-ratio buckets, a batch order fixed by the seed, and the diffusion loss."""
+pictures encoded once into aspect-ratio buckets, a batch order fixed by the seed, and the diffusion objective."""
 
 from __future__ import annotations
 
@@ -142,20 +142,38 @@ def shuffled_tags(caption: str, keep: int, generator: torch.Generator) -> str:
     return ", ".join(kept + [rest[i] for i in order])
 
 
-def noisy_batch(components: Components, scheduler, pictures: list[Picture],
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(noisy latents, timesteps, target) for one batch, every draw from `generator`; the target is what the
-    model predicts (the noise, or v)."""
-    device = components.unet.device
-    latents = torch.stack([picture.latents for picture in pictures]).to(device)
-    noise = torch.randn(latents.shape, generator=generator).to(device)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(pictures),), generator=generator).to(device)
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    target = noise if components.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
-    return noisy, timesteps, target
+class Objective:
+    """The diffusion loss every fine-tuner trains: noise the latents at uniform timesteps of the model's own
+    schedule and regress what the model predicts (the noise, or v). With `snr_gamma` > 0 each picture's loss
+    is Min-SNR weighted (Hang et al. 2023, as diffusers' and kohya's trainers do): nearly clean timesteps,
+    whose targets are mostly fine texture, stop outweighing the noisy ones where shapes and layout are decided."""
 
+    def __init__(self, components: Components, snr_gamma: float = 0.0):
+        from diffusers import DDPMScheduler
 
-def diffusion_loss(unet, noisy: torch.Tensor, timesteps: torch.Tensor, target: torch.Tensor,
-                   context: torch.Tensor) -> torch.Tensor:
-    prediction = unet(noisy.to(unet.dtype), timesteps, encoder_hidden_states=context.to(unet.dtype)).sample
-    return torch.nn.functional.mse_loss(prediction.float(), target.float())
+        self.components = components
+        self.scheduler = DDPMScheduler.from_config(components.scheduler_config)
+        self.snr_gamma = snr_gamma
+
+    def noisy(self, pictures: list[Picture], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(noisy latents, timesteps, target) for one batch, every draw from `generator`."""
+        device = self.components.unet.device
+        latents = torch.stack([picture.latents for picture in pictures]).to(device)
+        noise = torch.randn(latents.shape, generator=generator).to(device)
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(pictures),),
+                                  generator=generator).to(device)
+        noisy = self.scheduler.add_noise(latents, noise, timesteps)
+        target = noise if self.components.prediction_type == "epsilon" else \
+            self.scheduler.get_velocity(latents, noise, timesteps)
+        return noisy, timesteps, target
+
+    def loss(self, unet, noisy: torch.Tensor, timesteps: torch.Tensor, target: torch.Tensor,
+             context: torch.Tensor) -> torch.Tensor:
+        prediction = unet(noisy.to(unet.dtype), timesteps, encoder_hidden_states=context.to(unet.dtype)).sample
+        error = torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if self.snr_gamma <= 0:
+            return error.mean()
+        alphas = self.scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+        snr = alphas / (1 - alphas)
+        weights = snr.clamp(max=self.snr_gamma) / (snr if self.components.prediction_type == "epsilon" else snr + 1)
+        return (error * weights).mean()

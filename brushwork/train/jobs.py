@@ -52,6 +52,7 @@ class TrainRequest(BaseModel):
     gradient_accumulation: int = Field(1, ge=1, le=256)
     gradient_checkpointing: bool = False
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
+    min_snr_gamma: float = Field(0.0, ge=0.0, le=100.0, description="Min-SNR loss weighting (0: off; 5 typical).")
     train_text_encoder: bool = False
     # LoRA
     rank: int = Field(8, ge=1, le=1024)
@@ -88,7 +89,8 @@ class TrainRequest(BaseModel):
 
     def step_settings(self) -> StepSettings:
         return StepSettings(mixed_precision=self.mixed_precision, accumulation=self.gradient_accumulation,
-                            gradient_checkpointing=self.gradient_checkpointing, ema_decay=self.ema_decay)
+                            gradient_checkpointing=self.gradient_checkpointing, ema_decay=self.ema_decay,
+                            min_snr_gamma=self.min_snr_gamma)
 
 
 def fine_tune(request: TrainRequest, model, store, data_dir: Path, output: Path, *, resume: bool = False,

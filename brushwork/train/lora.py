@@ -18,18 +18,16 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from diffusers import DDPMScheduler
 from safetensors.torch import save_file
 
 from brushwork.errors import BrushworkError
 from brushwork.models.components import Components
 from brushwork.train.finetune import (
     FineTuneResult,
+    Objective,
     batch_order,
     curated_examples,
-    diffusion_loss,
     encode_pictures,
-    noisy_batch,
     run_state,
     sample_hook,
     shuffled_tags,
@@ -99,7 +97,7 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
         parameter.data = parameter.data.float()  # adapters train in float32 even on a float16 base
     optimization = Optimization(parameters, lr=settings.lr, weight_decay=1e-2, settings=settings.optimization,
                                 device=device, modules=trained)
-    scheduler = DDPMScheduler.from_config(components.scheduler_config)
+    objective = Objective(components, settings.optimization.min_snr_gamma)
     tokenizer = components.tokenizers[0]
 
     start = 0
@@ -121,8 +119,8 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
             captions = [shuffled_tags(caption, settings.keep_tokens, generator) for caption in captions]
         ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids.to(device)
-        noisy, timesteps, target = noisy_batch(components, scheduler, [pictures[i] for i in batch], generator)
-        return diffusion_loss(unet, noisy, timesteps, target, text_encoder(ids)[0])
+        noisy, timesteps, target = objective.noisy([pictures[i] for i in batch], generator)
+        return objective.loss(unet, noisy, timesteps, target, text_encoder(ids)[0])
 
     def step(index: int) -> float:
         return optimization.step(index, learning_rate(index, settings.steps, settings.lr, settings.warmup, 1.0), loss_of)

@@ -20,12 +20,14 @@ PRECISIONS = ("no", "fp16", "bf16")
 
 @dataclass(frozen=True)
 class StepSettings:
-    """How fine-tuning steps are taken (train/optimize.py): precision, accumulation, checkpointing, EMA."""
+    """How fine-tuning steps are taken (train/optimize.py: precision, accumulation, checkpointing, EMA) and
+    their loss weighted (train/finetune.py's Objective)."""
 
     mixed_precision: str = "no"  # "fp16" (GPU) or "bf16": the forward pass autocasts, the weights stay float32
     accumulation: int = 1  # micro-batches per optimizer step and process
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
     ema_decay: float = 0.0  # 0: off; else the saved weights are this exponential average of the trained ones
+    min_snr_gamma: float = 0.0  # 0: plain MSE; else Min-SNR loss weights with this gamma (5 is the paper's)
 
 
 @dataclass(frozen=True)
