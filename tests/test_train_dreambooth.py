@@ -79,3 +79,22 @@ def test_sample_pictures_show_the_model_as_it_trains(setup, tmp_path):
     assert [path.name for path in samples] == ["step-000002.png", "step-000004.png"]
     first, last = (np.asarray(Image.open(path)) for path in samples)
     assert not np.array_equal(first, last)  # painted with the weights of their step, not the base's
+
+
+def test_an_sdxl_dreambooth_checkpoint_loads_as_sdxl_and_paints(setup, tmp_path):
+    root, models = setup
+    write_tiny_checkpoint("sdxl", models / "Stable-diffusion" / "xl.safetensors")
+    output = tmp_path / "xl-subject.safetensors"
+    assert main(["train", "dreambooth", str(root / "subject"), "--base", "xl", "--models-dir", str(models),
+                 "-o", str(output), *FLAGS, "--steps", "2", "--lr", "1e-3", "--train-text-encoder",
+                 "--class-prompt", "a shape", "--class-images", "1"]) == 0
+    tuned = ModelStore(allow_paths=True).load(str(output))
+    assert tuned.components.family == "sdxl"
+    base = load_file(models / "Stable-diffusion" / "xl.safetensors")
+    saved = load_file(output)
+    changed = [key for key in saved if key.startswith("conditioner.embedders.1.") and key in base
+               and not torch.equal(saved[key], base[key].to(saved[key].dtype))]
+    assert changed  # the second text encoder trained too
+    recipe = Recipe(prompt="a photo of sks shape", steps=2, width=64, height=64, seed=1, sampler="Euler",
+                    model=str(output))
+    assert Engine(ModelStore(allow_paths=True)).run(recipe).images[0].image.size == (64, 64)

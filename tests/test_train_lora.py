@@ -126,3 +126,28 @@ def test_sample_pictures_every_n_steps(setup, tmp_path):
     assert train(setup, output, "--steps", "4", "--sample-every", "2", "--sample-prompt", "a red circle") == 0
     samples = sorted(p.name for p in (tmp_path / "sampled.train" / "samples").iterdir())
     assert samples == ["step-000002.png", "step-000004.png"]
+
+
+def test_an_sdxl_lora_trains_both_text_encoders_and_loads_everywhere(setup, tmp_path):
+    """SDXL: the U-Net also reads the pooled text and the size ids; kohya names the encoders lora_te1_/te2_."""
+    root, models = setup
+    write_tiny_checkpoint("sdxl", models / "Stable-diffusion" / "xl.safetensors")
+    output = tmp_path / "xl-lora.safetensors"
+    assert main(["train", "lora", str(root / "hearts"), "--base", "xl", "--models-dir", str(models), "-o", str(output),
+                 *FLAGS, "--steps", "3", "--train-text-encoder"]) == 0
+    state = load_file(output)
+    assert {key.split("_")[1] for key in state} == {"unet", "te1", "te2"}
+    assert safe_open(str(output), "pt").metadata()["ss_base_model_version"] == "sdxl_base_v1-0"
+
+    components = tiny_components("sdxl")
+    lora = load_lora(output, components)
+    assert len(lora.layers) == len(state) // 3
+    pipeline = to_pipeline(tiny_components("sdxl"))
+    pipeline.load_lora_weights(str(output))
+    pipeline.fuse_lora(lora_scale=1.0)
+    with components.patcher.applied([LoraPatch(lora, 1.0, 1.0)]):
+        ours, theirs = components.unet.state_dict(), pipeline.unet.state_dict()
+        assert all(torch.allclose(ours[key], theirs[key], atol=1e-6) for key in ours if key in theirs)
+        ours = components.text_encoders[1].state_dict()
+        theirs = pipeline.text_encoder_2.state_dict()
+        assert all(torch.allclose(ours[key], theirs[key], atol=1e-6) for key in ours if key in theirs)

@@ -63,7 +63,7 @@ def add_parser(subparsers) -> None:
     base.set_defaults(run=run_base)
 
     lora = _fine_tune_parser(
-        kinds, "lora", "train a LoRA for an SD 1.x/2.x checkpoint on a folder of captioned pictures",
+        kinds, "lora", "train a LoRA for an SD 1.x, 2.x or SDXL checkpoint on a folder of captioned pictures",
         "Curates the pictures (report beside the output), buckets them by aspect ratio and trains peft adapters on "
         "the U-Net's transformer blocks, as kohya does (and the text encoder with --train-text-encoder). Writes a "
         "kohya-layout .safetensors that brushwork, A1111 and ComfyUI load.",
@@ -89,7 +89,7 @@ def add_parser(subparsers) -> None:
     embedding.set_defaults(run=run_embedding)
 
     dreambooth = _fine_tune_parser(
-        kinds, "dreambooth", "fine-tune a whole SD 1.x/2.x checkpoint on pictures of one subject (prior preservation)",
+        kinds, "dreambooth", "fine-tune a whole SD 1.x, 2.x or SDXL checkpoint on pictures of one subject (prior preservation)",
         "Trains the U-Net (and the text encoder with --train-text-encoder) on the pictures with the instance prompt. "
         "With --class-images N the base model first paints N pictures of the class prompt (kept in the state folder) "
         "and their loss, weighted by --prior-weight, keeps the class as it was. Writes a single-file checkpoint.",

@@ -1,4 +1,4 @@
-"""`brushwork train dreambooth`: fine-tune a whole SD 1.x/2.x checkpoint on a few pictures of one subject.
+"""`brushwork train dreambooth`: fine-tune a whole SD 1.x, 2.x or SDXL checkpoint on a few pictures of one subject.
 
 Every instance picture is trained with the instance prompt ("a photo of sks dog"). With prior preservation
 (`class_images` > 0) the base model first paints that many pictures of the class prompt ("a photo of a dog")
@@ -25,6 +25,7 @@ from brushwork.train.finetune import (
     Picture,
     batch_order,
     curated_examples,
+    encode_captions,
     encode_pictures,
     run_state,
     sample_hook,
@@ -61,8 +62,6 @@ def train_dreambooth(components: Components, paint: Callable[[str, int, int], ob
                      on_step: Callable[[str, int, float], None] | None = None) -> FineTuneResult:
     """`paint(prompt, seed, size)` paints with the model as it is (the Engine, in the CLI): the class pictures
     before the first step, and the sample pictures every `sample_every` steps (the state folder's samples/)."""
-    if components.model_family.size_conditioning:
-        raise BrushworkError("train dreambooth: SDXL bases are not supported yet; use an SD 1.x or 2.x checkpoint")
     if not settings.instance_prompt.strip():
         raise BrushworkError("train dreambooth: give an --instance-prompt, e.g. \"a photo of sks dog\"")
     if settings.class_images and not settings.class_prompt.strip():
@@ -81,7 +80,7 @@ def train_dreambooth(components: Components, paint: Callable[[str, int, int], ob
     if settings.class_images:
         class_examples = [Example(path, settings.class_prompt) for path in _class_paths(state.folder / CLASS_FOLDER)]
         classes = encode_pictures(components, class_examples, settings.resolution)
-    trained = [components.unet] + ([components.text_encoders[0]] if settings.train_text_encoder else [])
+    trained = [components.unet] + (list(components.text_encoders) if settings.train_text_encoder else [])
     for module in trained:
         module.requires_grad_(True)
         module.float()
@@ -89,7 +88,7 @@ def train_dreambooth(components: Components, paint: Callable[[str, int, int], ob
     optimization = Optimization(parameters, lr=settings.lr, weight_decay=1e-2, settings=settings.optimization,
                                 device=components.unet.device, modules=trained)
     objective = Objective(components, settings.optimization.min_snr_gamma)
-    tokenizer, text_encoder, unet = components.tokenizers[0], components.text_encoders[0], components.unet
+    unet = components.unet
 
     start = 0
     saved = state.load("dreambooth.pt") if resume else None
@@ -101,20 +100,17 @@ def train_dreambooth(components: Components, paint: Callable[[str, int, int], ob
     instance_order = batch_order(instances, settings.batch_size, settings.seed)
     class_order = batch_order(classes, settings.batch_size, settings.seed + 1) if classes else None
 
-    def encode(prompts: list[str]) -> torch.Tensor:
-        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids.to(unet.device)
-        return text_encoder(ids)[0]
+    def encode(pictures: list[Picture]):
+        return encode_captions(components, [p.caption for p in pictures], [p.bucket for p in pictures])
 
     def loss_of(micro: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + micro)
         batch = [instances[i] for i in instance_order(micro)]
-        loss = objective.loss(unet, *objective.noisy(batch, generator),
-                              encode([p.caption for p in batch]))
+        loss = objective.loss(unet, *objective.noisy(batch, generator), encode(batch))
         if class_order is not None:
             prior = [classes[i] for i in class_order(micro)]
             loss = loss + settings.prior_weight * objective.loss(
-                unet, *objective.noisy(prior, generator), encode([p.caption for p in prior]))
+                unet, *objective.noisy(prior, generator), encode(prior))
         return loss
 
     def step(index: int) -> float:

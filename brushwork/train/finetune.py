@@ -142,6 +142,34 @@ def shuffled_tags(caption: str, keep: int, generator: torch.Generator) -> str:
     return ", ".join(kept + [rest[i] for i in order])
 
 
+@dataclass
+class TextConditioning:
+    """What the U-Net reads of a batch's captions: the context, and SDXL's pooled text and size ids."""
+
+    context: torch.Tensor
+    added: dict[str, torch.Tensor] | None = None
+
+
+def encode_captions(components: Components, captions: list[str], sizes: list[tuple[int, int]]) -> TextConditioning:
+    """The captions as the Engine conditions on a prompt of one chunk: every text encoder's hidden states (the
+    family's layer) side by side; on SDXL also the second encoder's pooled embedding and the size ids, which
+    say each picture was its bucket's size, uncropped (`sizes` are (width, height))."""
+    family = components.model_family
+    contexts, pooled = [], None
+    for tokenizer, encoder in zip(components.tokenizers, components.text_encoders):
+        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(encoder.device)
+        output = encoder(ids, output_hidden_states=family.penultimate_layer)
+        contexts.append(output.hidden_states[-2] if family.penultimate_layer else output[0])
+        if hasattr(output, "text_embeds"):
+            pooled = output.text_embeds
+    context = torch.cat(contexts, dim=-1)
+    if not family.size_conditioning:
+        return TextConditioning(context)
+    time_ids = torch.tensor([[h, w, 0, 0, h, w] for w, h in sizes], dtype=torch.float32, device=context.device)
+    return TextConditioning(context, {"text_embeds": pooled, "time_ids": time_ids})
+
+
 class Objective:
     """The diffusion loss every fine-tuner trains: noise the latents at uniform timesteps of the model's own
     schedule and regress what the model predicts (the noise, or v). With `snr_gamma` > 0 each picture's loss
@@ -168,8 +196,14 @@ class Objective:
         return noisy, timesteps, target
 
     def loss(self, unet, noisy: torch.Tensor, timesteps: torch.Tensor, target: torch.Tensor,
-             context: torch.Tensor) -> torch.Tensor:
-        prediction = unet(noisy.to(unet.dtype), timesteps, encoder_hidden_states=context.to(unet.dtype)).sample
+             context: torch.Tensor | TextConditioning) -> torch.Tensor:
+        extra = {}
+        if isinstance(context, TextConditioning):
+            if context.added is not None:
+                extra["added_cond_kwargs"] = {k: v.to(unet.dtype) for k, v in context.added.items()}
+            context = context.context
+        prediction = unet(noisy.to(unet.dtype), timesteps, encoder_hidden_states=context.to(unet.dtype),
+                          **extra).sample
         error = torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         if self.snr_gamma <= 0:
             return error.mean()

@@ -1,7 +1,7 @@
-"""`brushwork train lora`: a LoRA for any SD 1.x/2.x checkpoint from a folder of captioned pictures.
+"""`brushwork train lora`: a LoRA for any SD 1.x, 2.x or SDXL checkpoint from a folder of captioned pictures.
 
 peft puts the adapters where kohya's trainer does: the U-Net's transformer blocks (attention, feed-forward and
-the 1x1 projections around them) and, with `train_text_encoder`, the text encoder's attention and MLP;
+the 1x1 projections around them) and, with `train_text_encoder`, the text encoders' attention and MLP;
 the base weights stay frozen. Pictures are curated first (train/curation.py; the report is saved beside the
 output), resized into aspect-ratio buckets and encoded by the VAE once. Each step draws its batch (one bucket),
 noise and timesteps from generators seeded by (seed, step), so a run resumed from its state folder continues
@@ -27,6 +27,7 @@ from brushwork.train.finetune import (
     Objective,
     batch_order,
     curated_examples,
+    encode_captions,
     encode_pictures,
     run_state,
     sample_hook,
@@ -71,15 +72,13 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
     pictures every `sample_every` steps, saved in the state folder's samples/."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    if components.model_family.size_conditioning:
-        raise BrushworkError("train lora: SDXL bases are not supported yet; use an SD 1.x or 2.x checkpoint")
     if settings.rank < 1 or settings.steps < 1 or settings.batch_size < 1:
         raise BrushworkError("train lora: --rank, --steps and --batch-size must be at least 1")
     state = run_state(output, {"settings": asdict(settings), "base": base_hash, "data": str(Path(data_dir).resolve())},
                       resume)
     kept = curated_examples(data_dir, output, settings.resolution, "train lora")
 
-    unet, text_encoder = components.unet, components.text_encoders[0]
+    unet = components.unet
     device = unet.device
     for module in components.modules():
         module.requires_grad_(False)
@@ -89,16 +88,15 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
     trained = [inject_adapter_in_model(LoraConfig(r=settings.rank, lora_alpha=settings.alpha,
                                                   init_lora_weights="gaussian", target_modules=UNET_TARGETS), unet)]
     if settings.train_text_encoder:
-        trained.append(inject_adapter_in_model(LoraConfig(r=settings.rank, lora_alpha=settings.alpha,
-                                                          init_lora_weights="gaussian", target_modules=TEXT_TARGETS),
-                                               text_encoder))
+        trained += [inject_adapter_in_model(LoraConfig(r=settings.rank, lora_alpha=settings.alpha,
+                                                       init_lora_weights="gaussian", target_modules=TEXT_TARGETS),
+                                            encoder) for encoder in components.text_encoders]
     parameters = [p for module in trained for p in module.parameters() if p.requires_grad]
     for parameter in parameters:
         parameter.data = parameter.data.float()  # adapters train in float32 even on a float16 base
     optimization = Optimization(parameters, lr=settings.lr, weight_decay=1e-2, settings=settings.optimization,
                                 device=device, modules=trained)
     objective = Objective(components, settings.optimization.min_snr_gamma)
-    tokenizer = components.tokenizers[0]
 
     start = 0
     saved = state.load("lora.pt") if resume else None
@@ -117,10 +115,9 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
                     for i in batch]
         if settings.shuffle_tags:
             captions = [shuffled_tags(caption, settings.keep_tokens, generator) for caption in captions]
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids.to(device)
         noisy, timesteps, target = objective.noisy([pictures[i] for i in batch], generator)
-        return objective.loss(unet, noisy, timesteps, target, text_encoder(ids)[0])
+        text = encode_captions(components, captions, [pictures[i].bucket for i in batch])
+        return objective.loss(unet, noisy, timesteps, target, text)
 
     def step(index: int) -> float:
         return optimization.step(index, learning_rate(index, settings.steps, settings.lr, settings.warmup, 1.0), loss_of)
@@ -162,9 +159,12 @@ def kohya_state_dict(components: Components, settings: LoraTrainSettings) -> dic
 
     modules = [("lora_unet_", components.unet, "")]
     if settings.train_text_encoder:
-        text_encoder = components.text_encoders[0]
-        # Files name CLIP's layers `text_model.…`; transformers 5's CLIPTextModel has no such level.
-        modules.append(("lora_te_", text_encoder, "" if hasattr(text_encoder, "text_model") else "text_model."))
+        encoders = components.text_encoders
+        for index, encoder in enumerate(encoders):
+            # kohya: lora_te_ for one encoder, lora_te1_/lora_te2_ for SDXL's two. Files name CLIP's layers
+            # `text_model.…`; transformers 5's CLIPTextModel has no such level.
+            prefix = "lora_te_" if len(encoders) == 1 else f"lora_te{index + 1}_"
+            modules.append((prefix, encoder, "" if hasattr(encoder, "text_model") else "text_model."))
     state = {}
     for prefix, module, level in modules:
         for path, layer in module.named_modules():
@@ -186,7 +186,9 @@ def _metadata(settings: LoraTrainSettings, components: Components, examples, bas
         for tag in (part.strip() for part in example.caption.split(",")):
             if tag:
                 tags.setdefault(folder, {})[tag] = tags.setdefault(folder, {}).get(tag, 0) + example.repeats
-    version = {"sd1": "sd_v1", "sd2": "sd_v2"}.get(components.family, components.family)
+    version = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}.get(components.family, components.family)
+    architecture = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2",
+                    "sdxl": "stable-diffusion-xl-v1-base"}.get(components.family, components.family)
     return {
         "ss_network_module": "networks.lora", "ss_network_dim": str(settings.rank),
         "ss_network_alpha": f"{settings.alpha:g}", "ss_base_model_version": version,
@@ -200,5 +202,5 @@ def _metadata(settings: LoraTrainSettings, components: Components, examples, bas
         "ss_training_started_at": f"{started:.0f}", "ss_training_finished_at": f"{time.time():.0f}",
         "ss_text_encoder_lr": f"{settings.lr:g}" if settings.train_text_encoder else "0",
         "ss_tag_frequency": json.dumps(tags), "ss_caption_dropout_rate": f"{settings.caption_dropout:g}",
-        "modelspec.architecture": "stable-diffusion-v1/lora" if components.family == "sd1" else "stable-diffusion-v2/lora",
+        "modelspec.architecture": f"{architecture}/lora",
     }
