@@ -306,29 +306,27 @@ class TrainingQueue:
                 self._db.execute("UPDATE training_jobs SET state = 'running', started = ? WHERE id = ?",
                                  (now().isoformat(), job.id))
                 self._bump()
+            ending: dict = {}
             try:
-                output = self._run(job, live)
+                ending = {"state": JobState.done, "output": self._run(job, live)}
             except TrainingInterrupted:
-                if live.cancelled:
-                    self._finish(job.id, JobState.cancelled, losses=live)
-                else:  # the server is stopping: the job resumes from its state folder next time
-                    with self._changed:
-                        self._db.execute("UPDATE training_jobs SET state = 'queued' WHERE id = ?", (job.id,))
-                        self._bump()
+                # Cancelled: it ends. Else the server is stopping: it resumes from its state folder next time.
+                ending = {"state": JobState.cancelled} if live.cancelled else {}
             except Exception as error:  # noqa: BLE001 - any failure ends this job alone
                 if isinstance(error, BrushworkError):
                     log.info("training job %s failed: %s", job.id, one_line(error))
                 else:
                     log.error("training job %s failed", job.id, exc_info=error)
-                self._finish(job.id, JobState.failed, error=failure_reason(error), losses=live)
-            else:
-                self._finish(job.id, JobState.done, output=output, losses=live)
-            finally:
-                with self._changed:
-                    self._running = None
-                    self._bump()
-            if self._state(job.id) is not JobState.queued:
-                self._drop_optimizer_state(job)
+                ending = {"state": JobState.failed, "error": failure_reason(error)}
+            ended = bool(ending)
+            if ended:
+                self._drop_optimizer_state(job)  # before the job is seen to end
+                self._finish(job.id, ending.pop("state"), losses=live, **ending)
+            with self._changed:
+                if not ended:
+                    self._db.execute("UPDATE training_jobs SET state = 'queued' WHERE id = ?", (job.id,))
+                self._running = None
+                self._bump()
 
     def _run(self, job: TrainingJob, live: _Live) -> str:
         request = job.request
@@ -364,10 +362,6 @@ class TrainingQueue:
             path.unlink(missing_ok=True)
 
     # -- rows -----------------------------------------------------------------------------------------
-
-    def _state(self, job_id: str) -> JobState | None:
-        job = self.get(job_id)
-        return None if job is None else job.state
 
     def _finish(self, job_id: str, state: JobState, *, only_from: JobState | None = None, error: str | None = None,
                 output: str | None = None, losses: _Live | None = None) -> bool:
