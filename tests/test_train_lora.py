@@ -151,3 +151,23 @@ def test_an_sdxl_lora_trains_both_text_encoders_and_loads_everywhere(setup, tmp_
         ours = components.text_encoders[1].state_dict()
         theirs = pipeline.text_encoder_2.state_dict()
         assert all(torch.allclose(ours[key], theirs[key], atol=1e-6) for key in ours if key in theirs)
+
+
+def test_a_locon_lora_adapts_the_resnet_convolutions_too(setup, tmp_path):
+    output = tmp_path / "locon.safetensors"
+    assert train(setup, output, "--steps", "2", "--conv-rank", "2", "--conv-alpha", "1") == 0
+    state = load_file(output)
+    down = state["lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight"]
+    assert down.shape[0] == 2 and down.shape[2:] == (3, 3)  # kohya's LoCon layout: [rank, in, kh, kw]
+    assert float(state["lora_unet_down_blocks_0_resnets_0_conv1.alpha"]) == 1.0
+    assert float(state["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.alpha"]) == 4.0
+    assert json.loads(safe_open(str(output), "pt").metadata()["ss_network_args"])["conv_dim"] == "2"
+    components = tiny_components("sd1")
+    pipeline = to_pipeline(tiny_components("sd1"))
+    pipeline.load_lora_weights(str(output))
+    pipeline.fuse_lora(lora_scale=1.0)
+    with components.patcher.applied([LoraPatch(load_lora(output, components), 1.0, 1.0)]):
+        ours, theirs = components.unet.state_dict(), pipeline.unet.state_dict()
+        conv = "down_blocks.0.resnets.0.conv1.weight"
+        assert not torch.equal(ours[conv], tiny_components("sd1").unet.state_dict()[conv])
+        assert all(torch.allclose(ours[key], theirs[key], atol=1e-6) for key in ours if key in theirs)

@@ -68,7 +68,9 @@ def add_parser(subparsers) -> None:
         "the U-Net's transformer blocks, as kohya does (and the text encoder with --train-text-encoder). Writes a "
         "kohya-layout .safetensors that brushwork, A1111 and ComfyUI load.",
         "pictures with same-named .txt captions (kohya folders too)", "the LoRA file (default: DATA.safetensors)",
-        (("--rank", int, 8, "adapter rank"), ("--alpha", float, 8.0, "LoRA alpha"), ("--steps", int, 500, "training steps"),
+        (("--rank", int, 8, "adapter rank"), ("--alpha", float, 8.0, "LoRA alpha"),
+         ("--conv-rank", int, 0, "rank of adapters on the ResNet convolutions too (kohya's conv_dim, LoCon; 0: none)"),
+         ("--conv-alpha", float, 1.0, "their alpha"), ("--steps", int, 500, "training steps"),
          ("--lr", float, 1e-4, "learning rate"), ("--caption-dropout", float, 0.0, "share of steps trained with no caption"),
          ("--keep-tokens", int, 0, "with --shuffle-tags: how many leading tags stay in place")))
     lora.add_argument("--train-text-encoder", dest="train_text_encoder", action="store_true")
@@ -173,7 +175,8 @@ def run_base(args: argparse.Namespace) -> int:
 
 def run_lora(args: argparse.Namespace) -> int:
     return _fine_tune(args, "lora", args.output or Path(args.data.name + ".safetensors"), (
-        "rank", "alpha", "caption_dropout", "train_text_encoder", "shuffle_tags", "keep_tokens"))
+        "rank", "alpha", "conv_rank", "conv_alpha", "caption_dropout", "train_text_encoder", "shuffle_tags",
+        "keep_tokens"))
 
 
 def run_embedding(args: argparse.Namespace) -> int:

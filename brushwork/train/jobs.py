@@ -57,6 +57,8 @@ class TrainRequest(BaseModel):
     # LoRA
     rank: int = Field(8, ge=1, le=1024)
     alpha: float = Field(8.0, gt=0, le=1024)
+    conv_rank: int = Field(0, ge=0, le=1024, description="LoRA: adapters on the ResNet convolutions too (LoCon).")
+    conv_alpha: float = Field(1.0, gt=0, le=1024)
     caption_dropout: float = Field(0.0, ge=0.0, le=1.0)
     shuffle_tags: bool = False
     keep_tokens: int = Field(0, ge=0, le=75)
@@ -107,7 +109,8 @@ def fine_tune(request: TrainRequest, model, store, data_dir: Path, output: Path,
         from brushwork.train.lora import LoraTrainSettings, train_lora
 
         settings = LoraTrainSettings(**common, **{name: getattr(request, name) for name in (
-            "rank", "alpha", "caption_dropout", "train_text_encoder", "shuffle_tags", "keep_tokens")})
+            "rank", "alpha", "conv_rank", "conv_alpha", "caption_dropout", "train_text_encoder", "shuffle_tags",
+            "keep_tokens")})
         return train_lora(model.components, data_dir, output, settings, base_name=model.name, base_hash=base_hash,
                           paint=painter(model, store, steps=20), **run)
     if request.kind is TrainKind.embedding:

@@ -41,12 +41,17 @@ from brushwork.train.settings import StepSettings
 # the text encoder's attention and MLP.
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+# With a conv rank (kohya's conv_dim: "LoCon"), also the ResNet blocks' 3x3 convolutions, where a U-Net's
+# highest-resolution levels (often without attention) draw outlines.
+CONV_TARGETS = ["conv1", "conv2"]
 
 
 @dataclass(frozen=True)
 class LoraTrainSettings:
     rank: int = 8
     alpha: float = 8.0
+    conv_rank: int = 0  # 0: no conv adapters
+    conv_alpha: float = 1.0
     steps: int = 500
     lr: float = 1e-4
     warmup: int = 0
@@ -72,8 +77,8 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
     pictures every `sample_every` steps, saved in the state folder's samples/."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    if settings.rank < 1 or settings.steps < 1 or settings.batch_size < 1:
-        raise BrushworkError("train lora: --rank, --steps and --batch-size must be at least 1")
+    if settings.rank < 1 or settings.steps < 1 or settings.batch_size < 1 or settings.conv_rank < 0:
+        raise BrushworkError("train lora: --rank, --steps and --batch-size must be at least 1, --conv-rank at least 0")
     state = run_state(output, {"settings": asdict(settings), "base": base_hash, "data": str(Path(data_dir).resolve())},
                       resume)
     kept = curated_examples(data_dir, output, settings.resolution, "train lora")
@@ -85,8 +90,11 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
     pictures = encode_pictures(components, kept, settings.resolution)
     torch.manual_seed(settings.seed)  # the adapters' initial weights
     # peft's own injection (not transformers' add_adapter, which wants a newer peft than is available here).
-    trained = [inject_adapter_in_model(LoraConfig(r=settings.rank, lora_alpha=settings.alpha,
-                                                  init_lora_weights="gaussian", target_modules=UNET_TARGETS), unet)]
+    conv = {name: settings.conv_rank for name in CONV_TARGETS} if settings.conv_rank else {}
+    unet_config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, init_lora_weights="gaussian",
+                             target_modules=UNET_TARGETS + list(conv), rank_pattern=conv,
+                             alpha_pattern={name: settings.conv_alpha for name in conv})
+    trained = [inject_adapter_in_model(unet_config, unet)]
     if settings.train_text_encoder:
         trained += [inject_adapter_in_model(LoraConfig(r=settings.rank, lora_alpha=settings.alpha,
                                                        init_lora_weights="gaussian", target_modules=TEXT_TARGETS),
@@ -173,7 +181,7 @@ def kohya_state_dict(components: Components, settings: LoraTrainSettings) -> dic
             name = prefix + (level + path).replace(".", "_")
             for part, factors in (("lora_down.weight", layer.lora_A), ("lora_up.weight", layer.lora_B)):
                 state[f"{name}.{part}"] = factors["default"].weight.detach().float().cpu().contiguous()
-            state[f"{name}.alpha"] = torch.tensor(float(settings.alpha))
+            state[f"{name}.alpha"] = torch.tensor(float(layer.lora_alpha["default"]))
     return state
 
 
@@ -191,6 +199,8 @@ def _metadata(settings: LoraTrainSettings, components: Components, examples, bas
                     "sdxl": "stable-diffusion-xl-v1-base"}.get(components.family, components.family)
     return {
         "ss_network_module": "networks.lora", "ss_network_dim": str(settings.rank),
+        "ss_network_args": json.dumps({"conv_dim": str(settings.conv_rank), "conv_alpha": f"{settings.conv_alpha:g}"}
+                                      if settings.conv_rank else {}),
         "ss_network_alpha": f"{settings.alpha:g}", "ss_base_model_version": version,
         "ss_sd_model_name": base_name, "ss_new_sd_model_hash": base_hash, "ss_output_name": output.stem,
         "ss_resolution": f"({settings.resolution}, {settings.resolution})", "ss_max_train_steps": str(settings.steps),
