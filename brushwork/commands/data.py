@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from brushwork.commands.common import add_model_options
 from brushwork.errors import BrushworkError
 
 SPLITS = ("train", "heldout", "all", "novel")
@@ -26,6 +27,10 @@ def add_parser(subparsers) -> None:
     check.add_argument("folder", type=Path, help="pictures with same-named .txt captions (kohya folders too)")
     check.add_argument("--resolution", type=int, default=512, help="the training resolution (default 512)")
     check.add_argument("--report", type=Path, default=None, help="also write the report as JSON here")
+    check.add_argument("--min-aesthetic", dest="min_aesthetic", type=float, default=5.0,
+                       help="with LAION's aesthetic predictor in --models-dir's aesthetic/: the lowest score kept "
+                            "(default 5)")
+    add_model_options(check)
     check.set_defaults(run=run_check)
 
 
@@ -51,7 +56,11 @@ def run_check(args: argparse.Namespace) -> int:
     from brushwork.train.curation import CurationSettings, curate
     from brushwork.train.dataset import scan_folder
 
-    report = curate(scan_folder(args.folder), args.folder.expanduser(), CurationSettings(resolution=args.resolution))
+    from brushwork.train.aesthetic import AestheticScorer
+
+    aesthetic = AestheticScorer.find(args.models_dir, allow_pickle=args.allow_pickle)
+    report = curate(scan_folder(args.folder), args.folder.expanduser(),
+                    CurationSettings(resolution=args.resolution, min_aesthetic=args.min_aesthetic), aesthetic)
     print(report.to_text())
     if args.report is not None:
         args.report.parent.mkdir(parents=True, exist_ok=True)

@@ -136,6 +136,9 @@ def _fine_tune_parser(kinds, name: str, summary: str, description: str, data_hel
                         help="save an exponential moving average of the trained weights, e.g. 0.999 (default 0: off)")
     parser.add_argument("--min-snr-gamma", dest="min_snr_gamma", type=float, default=0.0, metavar="G",
                         help="weight each picture's loss by Min-SNR with this gamma, e.g. 5 (default 0: plain MSE)")
+    parser.add_argument("--min-aesthetic", dest="min_aesthetic", type=float, default=5.0, metavar="S",
+                        help="with LAION's aesthetic predictor in --models-dir's aesthetic/: leave out pictures "
+                             "scoring under S (1-10; default 5)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in the state folder")
     parser.add_argument("--device", default=None,
                         help="cpu, cuda ... (default: cuda when present; under accelerate launch, each process's GPU)")
@@ -202,7 +205,7 @@ def _fine_tune(args: argparse.Namespace, kind: str, output: Path, own_flags: tup
     if output.suffix.lower() != ".safetensors":
         raise BrushworkError(f"-o/--output: write a .safetensors file, got {output}")
     shared = ("steps", "lr", "resolution", "batch_size", "seed", "checkpoint_every", "sample_every", "sample_prompt",
-              "mixed_precision", "gradient_checkpointing", "ema_decay", "min_snr_gamma")
+              "mixed_precision", "gradient_checkpointing", "ema_decay", "min_snr_gamma", "min_aesthetic")
     try:
         request = TrainRequest(kind=kind, output=output.stem, base=args.base,
                                gradient_accumulation=args.accumulation,

@@ -14,7 +14,8 @@ Checks, each on the picture as it is on disk:
   enclose at least `text_holes` small regions (letters' counters, gaps between strokes) at an edge density of at
   least `text_density` (measured on 200 drawn pictures: clean corners ≤ 1 region and ≤ 0.06, a small "© stock"
   ≥ 4 and ≥ 0.13). A heuristic, said so in the report: a busy texture in a corner can trip it;
-- aesthetic score: not yet (the LAION predictor needs CLIP ViT-L/14 image features); the report says it is off.
+- low aesthetic score: below `min_aesthetic` by LAION's improved aesthetic predictor (train/aesthetic.py), when
+  the user has placed it in the models folder's `aesthetic/`; otherwise the report says the filter is off.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from brushwork.train.aesthetic import AESTHETIC_FOLDER, AestheticScorer
 from brushwork.train.dataset import Example, make_buckets, nearest_bucket
 
 WORKING_SIDE = 512  # larger pictures are tested at this longer side (so thresholds do not depend on file size)
@@ -40,6 +42,7 @@ class CurationSettings:
     duplicate_distance: int = 6
     text_holes: int = 3
     text_density: float = 0.09
+    min_aesthetic: float = 5.0  # LAION predictor's 1-10 scale; used only when a predictor is given
 
 
 @dataclass
@@ -68,12 +71,18 @@ class CurationReport:
         return "\n".join(lines)
 
 
-def curate(examples: list[Example], folder: Path, settings: CurationSettings = CurationSettings()) -> CurationReport:
+def curate(examples: list[Example], folder: Path, settings: CurationSettings = CurationSettings(),
+           aesthetic: AestheticScorer | None = None) -> CurationReport:
     """Check every picture; the report lists those kept (with their bucket) and those left out, with reasons."""
     report = CurationReport(str(folder), asdict(settings))
     min_side = settings.min_side or settings.resolution // 2
     buckets = make_buckets(settings.resolution)
-    report.notes.append("the aesthetic filter is off: brushwork does not run an aesthetic predictor yet")
+    if aesthetic is None:
+        report.notes.append(f"the aesthetic filter is off: place LAION's improved aesthetic predictor (the MLP and a "
+                            f"CLIP ViT-L/14 folder) in the models folder's {AESTHETIC_FOLDER}/ to use it")
+    else:
+        report.notes.append(f"the aesthetic filter is on: {aesthetic.name}, pictures scoring under "
+                            f"{settings.min_aesthetic:g} are left out")
     report.notes.append("the watermark test looks for letter-like edges in the corners: a busy texture there can "
                         "be taken for text; check the pictures it lists")
     seen: list[tuple[int, str]] = []
@@ -101,6 +110,10 @@ def curate(examples: list[Example], folder: Path, settings: CurationSettings = C
         if holes >= settings.text_holes and density >= settings.text_density:
             reasons.append(f"likely watermark or text in a corner: {holes} small enclosed regions, "
                            f"edge density {density:.2f}")
+        if aesthetic is not None:
+            score = aesthetic.score([picture])[0]
+            if score < settings.min_aesthetic:
+                reasons.append(f"low aesthetic score: {score:.2f} < {settings.min_aesthetic:g}")
         if reasons:
             report.dropped.append(Dropped(name, reasons))
             continue

@@ -20,6 +20,7 @@ from brushwork.models.components import Components
 from brushwork.models.single_file import save_single_file
 from brushwork.train.dataset import Example
 from brushwork.train.finetune import (
+    Curation,
     FineTuneResult,
     Objective,
     Picture,
@@ -59,7 +60,8 @@ class DreamBoothSettings:
 def train_dreambooth(components: Components, paint: Callable[[str, int, int], object], data_dir: Path,
                      output: Path, settings: DreamBoothSettings, *, base_hash: str, resume: bool = False,
                      progress: bool = True, should_stop: Callable[[], bool] | None = None,
-                     on_step: Callable[[str, int, float], None] | None = None) -> FineTuneResult:
+                     on_step: Callable[[str, int, float], None] | None = None,
+                     curation: Curation | None = None) -> FineTuneResult:
     """`paint(prompt, seed, size)` paints with the model as it is (the Engine, in the CLI): the class pictures
     before the first step, and the sample pictures every `sample_every` steps (the state folder's samples/)."""
     if not settings.instance_prompt.strip():
@@ -69,7 +71,7 @@ def train_dreambooth(components: Components, paint: Callable[[str, int, int], ob
     state = run_state(output, {"settings": asdict(settings), "base": base_hash, "data": str(Path(data_dir).resolve())},
                       resume)
     kept = curated_examples(data_dir, output, settings.resolution, "train dreambooth",
-                            default_caption=settings.instance_prompt)  # instance pictures need no captions
+                            default_caption=settings.instance_prompt, curation=curation)  # instance pictures need no captions
     _paint_class_pictures(state.folder / CLASS_FOLDER, paint, settings)
 
     for module in components.modules():

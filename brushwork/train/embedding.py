@@ -22,6 +22,7 @@ from brushwork.errors import BrushworkError
 from brushwork.models.components import Components
 from brushwork.prompts import build_chunks
 from brushwork.train.finetune import (
+    Curation,
     FineTuneResult,
     Objective,
     batch_order,
@@ -62,7 +63,7 @@ class _Learnt:
 def train_embedding(components: Components, data_dir: Path, output: Path, settings: EmbeddingTrainSettings, *,
                     base_hash: str, resume: bool = False, progress: bool = True,
                     should_stop: Callable[[], bool] | None = None,
-                    on_step: Callable[[str, int, float], None] | None = None,
+                    on_step: Callable[[str, int, float], None] | None = None, curation: Curation | None = None,
                     paint: Callable[[str, int, int], object] | None = None) -> FineTuneResult:
     """`paint(prompt, seed, size)` paints through the Engine with the embeddings folder and `sample_file(output, token)`:
     the sample pictures every `sample_every` steps (the state folder's samples/), the vectors saved there first."""
@@ -72,7 +73,7 @@ def train_embedding(components: Components, data_dir: Path, output: Path, settin
         raise BrushworkError("train embedding: give a --token, and --vectors and --steps of at least 1")
     state = run_state(output, {"settings": asdict(settings), "base": base_hash, "data": str(Path(data_dir).resolve())},
                       resume)
-    kept = curated_examples(data_dir, output, settings.resolution, "train embedding")
+    kept = curated_examples(data_dir, output, settings.resolution, "train embedding", curation=curation)
     for module in components.modules():
         module.requires_grad_(False)
     pictures = encode_pictures(components, kept, settings.resolution)

@@ -14,9 +14,18 @@ from PIL import Image
 
 from brushwork.errors import BrushworkError
 from brushwork.models.components import Components
+from brushwork.train.aesthetic import AestheticScorer
 from brushwork.train.curation import CurationSettings, curate
 from brushwork.train.dataset import Example, fit_to_bucket, make_buckets, nearest_bucket, scan_folder
 from brushwork.train.state import TrainingState, state_dir_for
+
+
+@dataclass(frozen=True)
+class Curation:
+    """What a fine-tuning run's curation may use besides its fixed tests: the aesthetic predictor, if found."""
+
+    aesthetic: AestheticScorer | None = None
+    min_aesthetic: float = 5.0
 
 
 @dataclass
@@ -50,11 +59,13 @@ def run_state(output: Path, run: dict[str, Any], resume: bool) -> TrainingState:
     return state
 
 
-def curated_examples(data_dir: Path, output: Path, resolution: int, command: str,
-                     default_caption: str = "") -> list[Example]:
+def curated_examples(data_dir: Path, output: Path, resolution: int, command: str, default_caption: str = "",
+                     curation: Curation | None = None) -> list[Example]:
     """The pictures curation keeps; its report is saved beside the output (`NAME.curation.json`)."""
+    curation = curation or Curation()
     examples = scan_folder(data_dir, default_caption=default_caption)
-    report = curate(examples, Path(data_dir).expanduser(), CurationSettings(resolution=resolution))
+    report = curate(examples, Path(data_dir).expanduser(),
+                    CurationSettings(resolution=resolution, min_aesthetic=curation.min_aesthetic), curation.aesthetic)
     output.parent.mkdir(parents=True, exist_ok=True)
     report_path = output.with_suffix(".curation.json")
     report_path.write_text(report.to_json(), encoding="utf-8")

@@ -72,6 +72,8 @@ class TrainRequest(BaseModel):
     class_images: int = Field(0, ge=0, le=10_000)
     prior_weight: float = Field(1.0, ge=0.0, le=100.0)
     class_steps: int = Field(20, ge=1, le=150)
+    min_aesthetic: float = Field(5.0, ge=0.0, le=10.0, description="Curation: with an aesthetic predictor in the "
+                                 "models folder's aesthetic/, pictures scoring under this are left out.")
 
     @model_validator(mode="after")
     def _fits_its_kind(self) -> "TrainRequest":
@@ -100,7 +102,12 @@ def fine_tune(request: TrainRequest, model, store, data_dir: Path, output: Path,
               on_step: Callable[[str, int, float], None] | None = None):
     """Train `request` for `model` (a LoadedModel of `store`, trained in place) on `data_dir`; the result's file
     is `output`, its state folder beside it. Returns the trainer's FineTuneResult."""
-    run = {"resume": resume, "progress": progress, "should_stop": should_stop, "on_step": on_step}
+    from brushwork.train.aesthetic import AestheticScorer
+    from brushwork.train.finetune import Curation
+
+    curation = Curation(AestheticScorer.find(store.models_dir, allow_pickle=store.allow_pickle), request.min_aesthetic)
+    run = {"resume": resume, "progress": progress, "should_stop": should_stop, "on_step": on_step,
+           "curation": curation}
     base_hash = store.hashes.sha256(model.path)
     common = {name: getattr(request, name) for name in (
         "steps", "resolution", "batch_size", "seed", "checkpoint_every", "sample_every", "sample_prompt")}

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from brushwork.errors import BrushworkError
 from brushwork.models.components import Components
 from brushwork.train.finetune import (
+    Curation,
     FineTuneResult,
     Objective,
     batch_order,
@@ -71,7 +72,7 @@ class LoraTrainSettings:
 def train_lora(components: Components, data_dir: Path, output: Path, settings: LoraTrainSettings, *,
                base_name: str, base_hash: str, resume: bool = False, progress: bool = True,
                should_stop: Callable[[], bool] | None = None,
-               on_step: Callable[[str, int, float], None] | None = None,
+               on_step: Callable[[str, int, float], None] | None = None, curation: Curation | None = None,
                paint: Callable[[str, int, int], object] | None = None) -> FineTuneResult:
     """`paint(prompt, seed, size)` makes a picture with the model as it is (the Engine, in the CLI): the sample
     pictures every `sample_every` steps, saved in the state folder's samples/."""
@@ -81,7 +82,7 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
         raise BrushworkError("train lora: --rank, --steps and --batch-size must be at least 1, --conv-rank at least 0")
     state = run_state(output, {"settings": asdict(settings), "base": base_hash, "data": str(Path(data_dir).resolve())},
                       resume)
-    kept = curated_examples(data_dir, output, settings.resolution, "train lora")
+    kept = curated_examples(data_dir, output, settings.resolution, "train lora", curation=curation)
 
     unet = components.unet
     device = unet.device
