@@ -168,3 +168,12 @@ def test_training_needs_a_models_folder(tmp_path):
     queue = TrainingQueue(data, ModelStore(None), Limits())
     with pytest.raises(Exception, match="--models-dir"):
         queue.submit(LORA | {"output": "x", "base": None}, "me")
+
+
+def test_an_embedding_token_cannot_name_a_path(models_dir, tmp_path):
+    with make_client(models_dir, with_dataset(tmp_path / "data")) as client:
+        response = client.post("/api/v1/train", json=LORA | {"kind": "embedding", "output": "x", "init_word": "star",
+                                                             "token": "../../../models/Lora/victim", "sample_every": 1})
+        assert_clean_error(response, 422, "token")
+        assert_clean_error(client.post("/api/v1/train", json=LORA | {"output": "x", "dataset": "a\x00b"}), 422,
+                           "not found")

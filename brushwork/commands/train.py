@@ -227,9 +227,9 @@ def _fine_tune(args: argparse.Namespace, kind: str, output: Path, own_flags: tup
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGINT, previous)
-    from accelerate import PartialState
+    from brushwork.train.optimize import processes
 
-    if PartialState().is_main_process:  # under accelerate launch, one report for all the processes
+    if processes().is_main_process:  # under accelerate launch, one report for all the processes
         print(f"{result.output}: {result.pictures} pictures, {result.steps} steps in {result.seconds:.1f} s",
               file=sys.stderr)
         print(result.output)
@@ -239,11 +239,12 @@ def _fine_tune(args: argparse.Namespace, kind: str, output: Path, own_flags: tup
 def _default_device() -> str:
     """This process's GPU under `accelerate launch` (one per process), else cuda when present, else the CPU."""
     import torch
-    from accelerate import PartialState
 
-    processes = PartialState(cpu=not torch.cuda.is_available())
-    if processes.num_processes > 1 and torch.cuda.is_available():
-        return str(processes.device)
+    from brushwork.train.optimize import processes
+
+    launched = processes()
+    if launched.num_processes > 1 and torch.cuda.is_available():
+        return str(launched.device)
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 

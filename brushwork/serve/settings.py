@@ -27,6 +27,7 @@ class Limits:
     max_image_side: int = 4096  # the longer side of any picture made or uploaded
     max_train_steps: int = 20_000  # optimizer steps of one training job
     max_train_resolution: int = 1024  # a training job's bucket side
+    max_class_images: int = 1000  # pictures a DreamBooth job paints for prior preservation
 
     @property
     def max_body_bytes(self) -> int:

@@ -110,7 +110,7 @@ class _Live:
 
     def add(self, step: int, loss: float) -> None:
         if self.first_step is None:
-            self.first_step, self.started = step - 1, time.monotonic()
+            self.first_step, self.started = step, time.monotonic()
         self.step = step
         if step % self.every == 0:
             self.losses.append(loss)
@@ -171,6 +171,9 @@ class TrainingQueue:
 
     def close(self) -> None:
         self.stop()
+        if self._thread is not None and self._thread.is_alive():
+            log.warning("the training worker is still finishing a step; its database stays open")
+            return
         with self._lock:
             self._db.close()
 
@@ -184,7 +187,7 @@ class TrainingQueue:
         for folder in sorted(p for p in self.datasets_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             try:
                 pictures = len(scan_folder(folder))
-            except BrushworkError:
+            except (BrushworkError, OSError, ValueError):  # an unreadable folder is listed, not fatal
                 pictures = 0
             found.append({"name": folder.name, "pictures": pictures})
         return found
@@ -234,15 +237,11 @@ class TrainingQueue:
                 return True
             return False
 
-    def wait(self, job_id: str, version: int, timeout: float) -> int:
+    def wait(self, version: int, timeout: float) -> int:
         """Block until anything changed after `version` (or `timeout`); the new version."""
         with self._changed:
             self._changed.wait_for(lambda: self._version != version or self._stopping, timeout)
             return self._version
-
-    @property
-    def version(self) -> int:
-        return self._version
 
     def sample_path(self, job_id: str, name: str) -> Path:
         job = self.get(job_id)
@@ -255,7 +254,7 @@ class TrainingQueue:
     def _check(self, submission: TrainingSubmission) -> None:
         if self.store.models_dir is None:
             raise BrushworkError("training writes its file into the models folder: start the server with --models-dir")
-        if not SAFE_NAME.match(submission.output) or ".." in submission.output:
+        if not SAFE_NAME.match(submission.output):
             raise BrushworkError(f"output {submission.output!r}: use letters, digits, spaces and _ . , ( ) < > + - "
                                  "(no folders)")
         self.dataset_path(submission.dataset)
@@ -264,6 +263,9 @@ class TrainingQueue:
         if submission.resolution > self.limits.max_train_resolution:
             raise BrushworkError(f"resolution {submission.resolution} is over this server's limit of "
                                  f"{self.limits.max_train_resolution}")
+        if submission.class_images > self.limits.max_class_images:
+            raise BrushworkError(f"class_images {submission.class_images} is over this server's limit of "
+                                 f"{self.limits.max_class_images}")
         if submission.batch_size * submission.gradient_accumulation > self.limits.max_batch:
             raise BrushworkError(f"batch_size x gradient_accumulation is over this server's limit of "
                                  f"{self.limits.max_batch} pictures per step")
@@ -274,10 +276,10 @@ class TrainingQueue:
 
     def dataset_path(self, name: str) -> Path:
         """The dataset folder `name` names; never a path outside `datasets/`."""
-        folder = (self.datasets_dir / name).resolve()
-        known = [d["name"] for d in self.datasets()]
-        if "/" in name or "\\" in name or name.startswith(".") or not folder.is_relative_to(self.datasets_dir) \
-                or not folder.is_dir():
+        plain = not any(c in name for c in "/\\\x00") and not name.startswith(".")
+        folder = (self.datasets_dir / name).resolve() if plain else None
+        if folder is None or not folder.is_relative_to(self.datasets_dir) or not folder.is_dir():
+            known = [d["name"] for d in self.datasets()]
             raise BrushworkError(f"dataset {name!r} not found in {self.datasets_dir} (available: "
                                  f"{', '.join(known) or 'none; put a folder of pictures with .txt captions there'})")
         return folder
@@ -300,33 +302,44 @@ class TrainingQueue:
                 if row is None:
                     self._changed.wait(2.0)
                     continue
-                job = self._job(row)
-                live = _Live(job.request.steps)
-                self._running = (job.id, live)
-                self._db.execute("UPDATE training_jobs SET state = 'running', started = ? WHERE id = ?",
-                                 (now().isoformat(), job.id))
-                self._bump()
-            ending: dict = {}
             try:
-                ending = {"state": JobState.done, "output": self._run(job, live)}
-            except TrainingInterrupted:
-                # Cancelled: it ends. Else the server is stopping: it resumes from its state folder next time.
-                ending = {"state": JobState.cancelled} if live.cancelled else {}
-            except Exception as error:  # noqa: BLE001 - any failure ends this job alone
-                if isinstance(error, BrushworkError):
-                    log.info("training job %s failed: %s", job.id, one_line(error))
-                else:
-                    log.error("training job %s failed", job.id, exc_info=error)
-                ending = {"state": JobState.failed, "error": failure_reason(error)}
-            ended = bool(ending)
-            if ended:
-                self._drop_optimizer_state(job)  # before the job is seen to end
-                self._finish(job.id, ending.pop("state"), losses=live, **ending)
-            with self._changed:
-                if not ended:
-                    self._db.execute("UPDATE training_jobs SET state = 'queued' WHERE id = ?", (job.id,))
-                self._running = None
-                self._bump()
+                self._take(row)
+            except Exception as error:  # noqa: BLE001 - the worker outlives any one job
+                log.error("training job %s could not be run", row["id"], exc_info=error)
+                with self._changed:
+                    self._running = None
+                self._finish(row["id"], JobState.failed, error=failure_reason(error))
+
+    def _take(self, row: sqlite3.Row) -> None:
+        """Run one queued job to its end (or back to the queue, when the server is stopping)."""
+        with self._changed:
+            job = self._job(row)
+            live = _Live(job.request.steps)
+            self._running = (job.id, live)
+            self._db.execute("UPDATE training_jobs SET state = 'running', started = ? WHERE id = ?",
+                             (now().isoformat(), job.id))
+            self._bump()
+        ending: dict = {}
+        try:
+            ending = {"state": JobState.done, "output": self._run(job, live)}
+        except TrainingInterrupted:
+            # Cancelled: it ends. Else the server is stopping: it resumes from its state folder next time.
+            ending = {"state": JobState.cancelled} if live.cancelled else {}
+        except Exception as error:  # noqa: BLE001 - any failure ends this job alone
+            if isinstance(error, BrushworkError):
+                log.info("training job %s failed: %s", job.id, one_line(error))
+            else:
+                log.error("training job %s failed", job.id, exc_info=error)
+            ending = {"state": JobState.failed, "error": failure_reason(error)}
+        ended = bool(ending)
+        if ended:
+            self._drop_optimizer_state(job)  # before the job is seen to end
+            self._finish(job.id, ending.pop("state"), losses=live, **ending)
+        with self._changed:
+            if not ended:
+                self._db.execute("UPDATE training_jobs SET state = 'queued' WHERE id = ?", (job.id,))
+            self._running = None
+            self._bump()
 
     def _run(self, job: TrainingJob, live: _Live) -> str:
         request = job.request
@@ -334,7 +347,8 @@ class TrainingQueue:
         output = work / f"{request.output}.safetensors"
         resume = state_dir_for(output).joinpath("run.json").is_file()
         private = ModelStore(self.store.models_dir, device=self.store.device, dtype=torch.float32,
-                             allow_pickle=self.store.allow_pickle, allow_paths=True, hash_cache=self.store.hashes.file)
+                             allow_pickle=self.store.allow_pickle, allow_paths=True)
+        private.hashes = self.store.hashes  # one cache object per file: two would race on its writes
         model = private.load(str(self._base(request.base)))
 
         def on_step(stage: str, done: int, loss: float) -> None:

@@ -91,8 +91,7 @@ def mount(app: FastAPI) -> None:
         path="/",
         footer_links=["settings"],
         auth_dependency=current_user,
-        # Gallery pictures (which /api/v1/images serves to the same users) and training samples.
-        allowed_paths=[str(outputs), str(state.training.runs_dir)],
+        allowed_paths=[str(outputs)],  # gallery pictures, which /api/v1/images serves to the same users
         max_file_size=state.settings.limits.max_upload_bytes,
         show_error=True,
         ssr_mode=False,

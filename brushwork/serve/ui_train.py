@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
+from PIL import Image
 
 from brushwork.serve.jobs import JobState
 from brushwork.serve.training import TrainingJob
@@ -44,9 +45,14 @@ def loss_curve(job: TrainingJob | None) -> pd.DataFrame:
     return pd.DataFrame({"step": [(i + 1) * job.loss_every for i in range(len(job.losses))], "loss": job.losses})
 
 
-def sample_items(studio: Studio, job: TrainingJob) -> list[tuple[str, str]]:
-    return [(str(studio.training.sample_path(job.id, name)), f"step {int(Path(name).stem.split('-')[1])}")
-            for name in job.samples]
+def sample_items(studio: Studio, job: TrainingJob) -> list[tuple[Image.Image, str]]:
+    """The job's samples as pictures (read here: the runs folder is never served as files, so a browser sees
+    only the samples of the job it follows)."""
+    items = []
+    for name in job.samples:
+        with Image.open(studio.training.sample_path(job.id, name)) as opened:
+            items.append((opened.convert("RGB"), f"step {int(Path(name).stem.split('-')[1])}"))
+    return items
 
 
 def follow(studio: Studio, job_id: str) -> Iterator[tuple[Any, Any, Any]]:

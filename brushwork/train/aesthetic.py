@@ -47,7 +47,9 @@ class AestheticScorer:
         folder = Path(models_dir) / AESTHETIC_FOLDER if models_dir else None
         if folder is None or not folder.is_dir():
             return None
-        weights = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in MLP_SUFFIXES)
+        # A .safetensors copy wins over the pickle it was converted from.
+        weights = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in MLP_SUFFIXES),
+                         key=lambda p: (p.suffix.lower() != ".safetensors", p.name))
         clips = sorted(p for p in folder.iterdir() if p.is_dir() and (p / "config.json").is_file())
         if not weights or not clips:
             return None
@@ -66,19 +68,19 @@ class AestheticScorer:
 
 
 def _load_mlp(path: Path, allow_pickle: bool) -> AestheticMLP:
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    elif not allow_pickle:
+    if path.suffix.lower() != ".safetensors" and not allow_pickle:
         raise BrushworkError(f"{path.name} is a pickle, which can run code when read: pass --allow-pickle to read it "
                              "(with weights_only), or convert it to .safetensors")
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
     try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
         mlp = AestheticMLP(int(state["layers.0.weight"].shape[1]))
         mlp.load_state_dict(state)
-    except (KeyError, RuntimeError) as error:
+    except Exception as error:  # noqa: BLE001 - whatever the file holds, the user gets one line
         raise BrushworkError(f"{path.name} is not the LAION aesthetic predictor's MLP ({error})") from None
     return mlp
 

@@ -31,8 +31,8 @@ from brushwork.train.finetune import (
     run_state,
     sample_hook,
 )
-from brushwork.train.loop import LoopHooks, learning_rate, run_steps
-from brushwork.train.optimize import Optimization
+from brushwork.train.loop import LoopHooks, TrainingInterrupted, learning_rate, run_steps
+from brushwork.train.optimize import Optimization, processes
 from brushwork.train.settings import StepSettings
 
 CLASS_FOLDER = "class-images"
@@ -72,7 +72,10 @@ def train_dreambooth(components: Components, paint: Callable[[str, int, int], ob
                       resume)
     kept = curated_examples(data_dir, output, settings.resolution, "train dreambooth",
                             default_caption=settings.instance_prompt, curation=curation)  # instance pictures need no captions
-    _paint_class_pictures(state.folder / CLASS_FOLDER, paint, settings)
+    launched = processes()
+    if launched.is_main_process:  # one painter for all launched processes
+        _paint_class_pictures(state.folder / CLASS_FOLDER, paint, settings, should_stop)
+    launched.wait_for_everyone()
 
     for module in components.modules():
         module.requires_grad_(False)
@@ -148,10 +151,13 @@ def _class_paths(folder: Path) -> list[Path]:
     return sorted(folder.glob("class-*.png"))
 
 
-def _paint_class_pictures(folder: Path, paint: Callable[[str, int, int], object], settings: DreamBoothSettings) -> None:
-    """Paint the class pictures the state folder does not hold yet."""
+def _paint_class_pictures(folder: Path, paint: Callable[[str, int, int], object], settings: DreamBoothSettings,
+                          should_stop: Callable[[], bool] | None) -> None:
+    """Paint the class pictures the state folder does not hold yet (a stop request ends it between pictures)."""
     folder.mkdir(parents=True, exist_ok=True)
     for number in range(settings.class_images):
+        if should_stop is not None and should_stop():
+            raise TrainingInterrupted("dreambooth class pictures", 0)
         path = folder / f"class-{number:04d}.png"
         if path.is_file():
             continue

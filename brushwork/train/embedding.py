@@ -9,6 +9,7 @@ used. A caption without the token gets it in front. The output is A1111's `.safe
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -78,7 +79,7 @@ def train_embedding(components: Components, data_dir: Path, output: Path, settin
         module.requires_grad_(False)
     pictures = encode_pictures(components, kept, settings.resolution)
     for picture in pictures:
-        if settings.token not in picture.caption:
+        if not re.search(rf"(?<![\w-]){re.escape(settings.token)}(?![\w-])", picture.caption):
             picture.caption = f"{settings.token}, {picture.caption}"
 
     tokenizer, text_encoder, unet = components.tokenizers[0], components.text_encoders[0], components.unet

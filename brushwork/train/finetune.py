@@ -17,6 +17,7 @@ from brushwork.models.components import Components
 from brushwork.train.aesthetic import AestheticScorer
 from brushwork.train.curation import CurationSettings, curate
 from brushwork.train.dataset import Example, fit_to_bucket, make_buckets, nearest_bucket, scan_folder
+from brushwork.train.optimize import processes
 from brushwork.train.state import TrainingState, state_dir_for
 
 
@@ -55,7 +56,10 @@ def run_state(output: Path, run: dict[str, Any], resume: bool) -> TrainingState:
             raise BrushworkError(f"nothing to resume: no training state in {state.folder}")
         if state.read_run() != run:
             raise BrushworkError(f"--resume: {state.folder} was made with other settings, base or data")
-    state.write_run(run)
+    launched = processes()
+    if launched.is_main_process:  # several launched processes share one state folder
+        state.write_run(run)
+    launched.wait_for_everyone()
     return state
 
 
@@ -68,7 +72,8 @@ def curated_examples(data_dir: Path, output: Path, resolution: int, command: str
                     CurationSettings(resolution=resolution, min_aesthetic=curation.min_aesthetic), curation.aesthetic)
     output.parent.mkdir(parents=True, exist_ok=True)
     report_path = output.with_suffix(".curation.json")
-    report_path.write_text(report.to_json(), encoding="utf-8")
+    if processes().is_main_process:
+        report_path.write_text(report.to_json(), encoding="utf-8")
     by_name = {example.path.relative_to(Path(data_dir).expanduser()).as_posix(): example for example in examples}
     if not report.kept:
         raise BrushworkError(f"{command}: curation left no picture of {data_dir} (see {report_path})")

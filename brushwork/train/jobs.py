@@ -16,8 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from brushwork.train.settings import PRECISIONS, StepSettings
 
-# The names the server accepts for a file it writes into the models folder: no folders, no dot-files.
-SAFE_NAME = re.compile(r"^[A-Za-z0-9<][A-Za-z0-9 _.,()<>+-]{0,99}$")
+# The names the server accepts for a file it writes into the models folder: no folders, no dot-files, nothing
+# that breaks <lora:NAME:1> or an embedding's word, no trailing dot or space.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9<][A-Za-z0-9 _.()<>+-]{0,98}[A-Za-z0-9_)>+-]$|^[A-Za-z0-9]$")
+# An embedding's token is also a file name (its sample vectors are saved under it): one word, no path.
+SAFE_TOKEN = re.compile(r"^[^\s/\\\x00:,]{1,100}$")
 
 
 class TrainKind(str, Enum):
@@ -77,6 +80,8 @@ class TrainRequest(BaseModel):
 
     @model_validator(mode="after")
     def _fits_its_kind(self) -> "TrainRequest":
+        if self.token and (not SAFE_TOKEN.match(self.token) or ".." in self.token):
+            raise ValueError(f"token {self.token!r}: one word, without / \\ : , or ..")
         if self.kind is TrainKind.embedding and not (self.token.strip() and self.init_word.strip()):
             raise ValueError("an embedding needs a token, the new word (token, --token), and a word to start from "
                              "(init_word, --init-word)")
@@ -105,7 +110,8 @@ def fine_tune(request: TrainRequest, model, store, data_dir: Path, output: Path,
     from brushwork.train.aesthetic import AestheticScorer
     from brushwork.train.finetune import Curation
 
-    curation = Curation(AestheticScorer.find(store.models_dir, allow_pickle=store.allow_pickle), request.min_aesthetic)
+    scorer = AestheticScorer.find(store.models_dir, allow_pickle=store.allow_pickle) if request.min_aesthetic > 0 else None
+    curation = Curation(scorer, request.min_aesthetic)
     run = {"resume": resume, "progress": progress, "should_stop": should_stop, "on_step": on_step,
            "curation": curation}
     base_hash = store.hashes.sha256(model.path)

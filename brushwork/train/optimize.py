@@ -18,6 +18,14 @@ import torch
 from brushwork.errors import BrushworkError
 from brushwork.train.settings import PRECISIONS, StepSettings
 
+def processes():
+    """accelerate's process state: which of the launched processes this is (one, when not launched). CPU-only
+    machines say so, so that processes started by torch's launcher talk over gloo."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 class ParameterEMA:
     """A trailing average of some parameters (warm-up as in train/ema.py: min(decay, (1 + t) / (10 + t)))."""
 
@@ -41,8 +49,6 @@ class Optimization:
 
     def __init__(self, parameters: Iterable[torch.nn.Parameter], *, lr: float, weight_decay: float,
                  settings: StepSettings, device: torch.device | str, modules: Iterable[torch.nn.Module] = ()):
-        from accelerate import PartialState
-
         if settings.mixed_precision not in PRECISIONS:
             raise BrushworkError(f"--mixed-precision: choose one of {', '.join(PRECISIONS)}")
         if settings.accumulation < 1:
@@ -56,7 +62,7 @@ class Optimization:
         self.parameters = list(parameters)
         # accelerate's process state only (rank, count, collectives): its Accelerator fixes the precision once
         # per process, and a server trains one job after another, each with its own.
-        self.processes = PartialState(cpu=self.device.type == "cpu")  # cpu: gloo between CPU processes
+        self.processes = processes()
         self.optimizer = torch.optim.AdamW(self.parameters, lr=lr, weight_decay=weight_decay)
         self.autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(settings.mixed_precision)
         self.scaler = torch.amp.GradScaler(self.device.type) if settings.mixed_precision == "fp16" else None
@@ -119,7 +125,7 @@ class Optimization:
         if self.scaler is not None:
             self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
-            self.ema.shadow = [average.clone() for average in state["ema"]]
+            self.ema.shadow = [average.to(p.device, torch.float32) for average, p in zip(state["ema"], self.parameters)]
 
     def finish(self) -> None:
         """Before the weights are saved: the EMA's average becomes the weights."""

@@ -129,7 +129,7 @@ def _stream(training: TrainingQueue, job_id: str, shutdown: threading.Event) -> 
             yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
             if job.state.finished:
                 return
-        new = training.wait(job_id, version, KEEPALIVE_SECONDS)
+        new = training.wait(version, KEEPALIVE_SECONDS)
         if new == version:
             yield ": keep-alive\n\n"
         version = new
