@@ -133,7 +133,8 @@ def part_dreambooth(work: Path, store, base: dict, prompts: int, seeds: int) -> 
                         ("without_prior", [])):
         output = work / f"dreambooth-{name}.safetensors"
         run = train(["dreambooth", str(data), "--base", str(EMBEDDED), "-o", str(output), "--instance-prompt", instance,
-                     *prior, "--resolution", "64", "--steps", "400", "--lr", "5e-5", "--batch-size", "4"])
+                     *prior, "--resolution", "64", "--steps", "400", "--lr", "1e-4", "--batch-size", "4",
+                     "--min-snr-gamma", "5"])
         tuned = accuracy(output, ordinary, seeds, store)
         result[name] = {**run, "instance_heart": accuracy(output, instance_prompts, 40, store)["colour+shape"],
                         "class_red_circle": accuracy(output, class_prompts, 40, store)["colour+shape"],
