@@ -250,6 +250,27 @@ def test_sibling_yaml_overrides_what_was_inferred(tmp_path):
     assert_same_weights(written.modules(), loaded.modules())
 
 
+def test_saving_keeps_a_models_own_scaling_and_schedule(tmp_path):
+    """A checkpoint loaded with its yaml (the embedded model, say) and saved again - fine-tuned, merged - keeps
+    that yaml's latent scaling and noise schedule; one with the usual ones gets no yaml, and loses a stale one."""
+    source = tmp_path / "own.safetensors"
+    write_tiny_checkpoint("sd1", source, yaml_config={"model": {"params": {"scale_factor": 0.5, "linear_end": 0.03,
+                                                                            "parameterization": "v"}}})
+    again = tmp_path / "again.safetensors"
+    save_single_file(load_single_file(source), again)
+    reloaded = load_single_file(again)
+    assert reloaded.vae.config.scaling_factor == 0.5
+    assert reloaded.scheduler_config["beta_end"] == 0.03
+    assert reloaded.prediction_type == "v_prediction"
+
+    plain = tmp_path / "plain.safetensors"
+    write_tiny_checkpoint("sd1", plain)
+    plain.with_suffix(".yaml").write_text("model: {params: {scale_factor: 0.5}}", encoding="utf-8")
+    save_single_file(tiny_components("sd1"), plain)
+    assert not plain.with_suffix(".yaml").exists()
+    assert load_single_file(plain).vae.config.scaling_factor == 0.18215
+
+
 def test_sdxl_yaml_network_config_and_head_rule(tmp_path):
     path = tmp_path / "xl.safetensors"
     sgm_yaml = {"model": {"params": {"network_config": {"params": {"num_head_channels": 16}}}}}

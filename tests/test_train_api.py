@@ -177,3 +177,18 @@ def test_an_embedding_token_cannot_name_a_path(models_dir, tmp_path):
         assert_clean_error(response, 422, "token")
         assert_clean_error(client.post("/api/v1/train", json=LORA | {"output": "x", "dataset": "a\x00b"}), 422,
                            "not found")
+
+
+def test_a_dreambooth_checkpoint_arrives_with_its_bases_scaling_and_schedule(models_dir, tmp_path):
+    write_tiny_checkpoint("sd1", models_dir / "Stable-diffusion" / "own.safetensors", yaml_config={
+        "model": {"params": {"scale_factor": 0.7, "linear_end": 0.03, "parameterization": "v"}}})
+    request = {"kind": "dreambooth", "dataset": "shapes", "base": "own", "steps": 1, "resolution": 64,
+               "instance_prompt": "a sks shape", "output": "own-subject"}
+    with make_client(models_dir, with_dataset(tmp_path / "data")) as client:
+        response = client.post("/api/v1/train", json=request)
+        assert response.status_code == 202, response.text
+        assert follow(client, response.json()["id"])[-1][0] == "done"
+    final = models_dir / "Stable-diffusion" / "own-subject.safetensors"
+    tuned = ModelStore(models_dir).load("own-subject").components
+    assert final.with_suffix(".yaml").is_file() and tuned.vae.config.scaling_factor == 0.7
+    assert tuned.scheduler_config["beta_end"] == 0.03

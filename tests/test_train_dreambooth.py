@@ -98,3 +98,17 @@ def test_an_sdxl_dreambooth_checkpoint_loads_as_sdxl_and_paints(setup, tmp_path)
     recipe = Recipe(prompt="a photo of sks shape", steps=2, width=64, height=64, seed=1, sampler="Euler",
                     model=str(output))
     assert Engine(ModelStore(allow_paths=True)).run(recipe).images[0].image.size == (64, 64)
+
+
+def test_a_base_with_its_own_scaling_and_schedule_keeps_them(setup, tmp_path):
+    """The embedded model's latent scaling and noise schedule live in its yaml; a DreamBooth of it without them
+    would decode every picture wrongly."""
+    root, models = setup
+    write_tiny_checkpoint("sd1", models / "Stable-diffusion" / "own.safetensors", yaml_config={
+        "model": {"params": {"scale_factor": 0.7, "linear_end": 0.03, "parameterization": "v"}}})
+    output = tmp_path / "own-subject.safetensors"
+    assert main(["train", "dreambooth", str(root / "subject"), "--base", "own", "--models-dir", str(models),
+                 "-o", str(output), *FLAGS, "--steps", "1"]) == 0
+    tuned = ModelStore(allow_paths=True).load(str(output)).components
+    assert tuned.vae.config.scaling_factor == 0.7
+    assert tuned.scheduler_config["beta_end"] == 0.03 and tuned.prediction_type == "v_prediction"

@@ -402,9 +402,12 @@ def save_single_file(
     """Write `components` as one ldm-layout .safetensors file.
 
     The metadata gets `modelspec.resolution` and `modelspec.prediction_type` (the Stability AI
-    model-spec keys, which `load_single_file` reads back), unless `metadata` sets them itself.
+    model-spec keys, which `load_single_file` reads back), unless `metadata` sets them itself. A model whose
+    VAE scaling or noise schedule is not what the loader assumes from the weights alone (the embedded model,
+    or anything fine-tuned or merged from it) also gets the sibling yaml that says so (`own_config_yaml`).
     """
     state_dict = to_ldm_state_dict(components)
+    own_config = own_config_yaml(components, detect(state_dict))
     if dtype is not None:
         state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
     state_dict = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
@@ -417,7 +420,30 @@ def save_single_file(
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
     save_file(state_dict, str(partial), metadata=header)
+    stale = sibling_yaml(path)
+    if stale is not None:
+        stale.unlink()  # it described the file this one replaces
+    if own_config is not None:
+        path.with_suffix(".yaml").write_text(own_config, encoding="utf-8")
     os.replace(partial, path)  # never leave a half-written checkpoint under the real name
+
+
+def own_config_yaml(components: Components, detection: Detection) -> str | None:
+    """An A1111 `model.yaml` holding the latent scaling, noise schedule and parameterization of `components`
+    when they differ from what `detection` (the weights alone) gives the loader; None when nothing does."""
+    schedule = components.scheduler_config
+    own = {
+        "scale_factor": float(components.vae.config.scaling_factor),
+        "linear_start": float(schedule["beta_start"]),
+        "linear_end": float(schedule["beta_end"]),
+        "timesteps": int(schedule["num_train_timesteps"]),
+    }
+    assumed = detection.original_config["model"]["params"]
+    if all(math.isclose(value, float(assumed[key]), rel_tol=1e-6) for key, value in own.items()):
+        return None
+    own["parameterization"] = "v" if components.prediction_type == "v_prediction" else "eps"
+    return ("# brushwork: this model's own VAE latent scaling and noise schedule (A1111 model.yaml layout)\n"
+            + yaml.safe_dump({"model": {"params": own}}, sort_keys=False))
 
 
 def to_ldm_state_dict(components: Components) -> StateDict:

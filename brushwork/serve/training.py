@@ -31,6 +31,7 @@ import torch
 from pydantic import BaseModel, Field, ValidationError
 
 from brushwork.errors import BrushworkError
+from brushwork.models.single_file import sibling_yaml
 from brushwork.models.store import FOLDERS, ModelStore
 from brushwork.recipe import describe_validation_error
 from brushwork.serve.gallery import now
@@ -363,6 +364,10 @@ class TrainingQueue:
             raise BrushworkError(f"{final.relative_to(self.store.models_dir)} appeared while training; the result "
                                  f"stays in {output}")
         final.parent.mkdir(parents=True, exist_ok=True)
+        final.with_suffix(".yaml").unlink(missing_ok=True)  # an orphan would configure the new checkpoint
+        config = sibling_yaml(output)  # a checkpoint's own latent scaling and schedule, when it has them
+        if config is not None:
+            shutil.move(config, final.with_suffix(".yaml"))
         partial = final.with_name(final.name + ".partial")
         shutil.copyfile(output, partial)
         os.replace(partial, final)  # the models folder never shows half a file

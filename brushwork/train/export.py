@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import yaml
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from PIL import Image
 from transformers import CLIPTextModel
@@ -56,29 +55,11 @@ def assemble(
     )
 
 
-def sibling_yaml_path(path: str | Path) -> Path:
-    return Path(path).with_suffix(".yaml")
-
-
 def write_model(components: Components, path: str | Path, metadata: dict[str, str] | None = None) -> int:
-    """Write the fp16 checkpoint and its sibling yaml; returns the checkpoint's size in bytes."""
+    """Write the fp16 checkpoint (and the sibling yaml `save_single_file` adds); returns its size in bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    schedule = components.scheduler_config
-    prediction_type = schedule.get("prediction_type", "epsilon")
-    metadata = {**(metadata or {}), "modelspec.prediction_type": prediction_type}
     save_single_file(components, path, dtype=torch.float16, metadata=metadata)
-    config = {"model": {"params": {
-        "scale_factor": float(components.vae.config.scaling_factor),
-        "linear_start": float(schedule["beta_start"]),
-        "linear_end": float(schedule["beta_end"]),
-        "parameterization": "v" if prediction_type == "v_prediction" else "eps",
-    }}}
-    sibling_yaml_path(path).write_text(
-        "# brushwork: this model's own VAE latent scaling and noise schedule (A1111 model.yaml layout)\n"
-        + yaml.safe_dump(config, sort_keys=False),
-        encoding="utf-8",
-    )
     return path.stat().st_size
 
 
