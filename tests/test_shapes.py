@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import ImageFilter
 
 from brushwork.shapes import HELD_OUT, SHAPES, Background, Expectation, Scene, ShapeObject, check, detect
 from brushwork.shapes.checker import measure_accuracy
@@ -186,6 +187,20 @@ def test_the_novel_split_draws_only_hearts_and_the_checker_reads_them() -> None:
     assert all(v >= 0.98 for v in accuracy.values()), accuracy
     assert parse_prompt("two small red hearts on a blue background") == Expectation(
         colour="red", shape="heart", count=2, background="blue", size="small")
+
+
+def test_soft_hearts_without_a_visible_notch_still_read_as_hearts() -> None:
+    """A painted heart is soft: blur fills its notch in, but it still points down, where a triangle points up."""
+    rng = np.random.default_rng(3)
+    hearts, others = [], []
+    for index in range(400):
+        scene = sample_scene(rng, "novel" if index % 4 == 0 else "all")
+        objects = detect(render(scene).filter(ImageFilter.GaussianBlur(1.0)))
+        if scene.objects[0].shape == "heart":
+            hearts.append(len(objects) == scene.count and all(o.shape == "heart" for o in objects))
+        else:
+            others += [o.shape == "heart" for o in objects]
+    assert np.mean(hearts) >= 0.9 and len(others) > 250 and not any(others)
 
 
 def test_plain_background_has_no_objects() -> None:

@@ -31,12 +31,19 @@ UPSCALE = 4  # contours are traced on a 4x-upsampled coverage map, for sub-pixel
 ROUND_BELOW = 0.03  # strongest of harmonics 3..5 below this: a circle
 CONVEX_ABOVE = 0.85  # solidity (area / convex-hull area) above this: a square rather than a cross
 # A heart (a novel shape: see draw.NOVEL_SHAPES) has only mirror symmetry, so its profile keeps a second
-# harmonic of 0.072-0.089 on drawings, where every n-fold symmetric shape stays <= 0.021; and it has exactly
-# one notch: its deepest convexity defect is 0.17-0.33 of the circumradius, the next <= 0.12 (triangles and
-# squares: none deeper than 0.11; stars and crosses: four or five deeper than 0.25). A lopsided blob has the
-# harmonic but no notch, so painted triangles with soft corners are not taken for hearts.
+# harmonic of 0.072-0.089 on drawings, where every n-fold symmetric shape stays <= 0.021 (an elongated blob,
+# two objects run together, goes far above 0.2). On drawings it has exactly one notch: its deepest convexity
+# defect is 0.17-0.33 of the circumradius, the next <= 0.12 (triangles and squares: none deeper than 0.11;
+# stars and crosses: four or five deeper than 0.25). A painted heart is soft and its notch may fill in, but
+# it still points down: it reaches 1.28-1.5 times as far below its centroid as above, where the drawer's
+# triangles (always point up) reach 0.52-0.7 and the other shapes 0.79-1.06. So a heart is a shape with the
+# second harmonic, at most one notch, and either that notch or its point down; a lopsided blob with neither
+# (a painted triangle with soft corners) is not one.
 HEART_ABOVE = 0.045
+SOFT_HEART_ABOVE = 0.03  # the second harmonic a point-down shape needs: a blurred outline loses some of it
+ELONGATED_ABOVE = 0.2
 NOTCH_DEPTH = 0.15  # convexity-defect depth, as a fraction of the circumradius, that counts as a notch
+POINT_DOWN_ABOVE = 1.2
 
 
 @dataclass
@@ -188,13 +195,22 @@ def notch_depths(contour: np.ndarray, radius: float) -> list[float]:
     return sorted((float(d[0][3]) / 256.0 / radius for d in defects), reverse=True)  # depth is fixed-point x256
 
 
-def _classify_shape(harmonics: np.ndarray, solidity: float, notches: list[float]) -> tuple[str, int]:
-    """Shape name and symmetry order from radial harmonics, solidity and notch depths."""
+def point_down(contour: np.ndarray, centre_y: float) -> float:
+    """How far the outline reaches below its centroid over how far above: ~1 for the symmetric shapes, < 1 for
+    a triangle (point up), > 1 for a heart (point down, its weight in the lobes at the top)."""
+    ys = contour.reshape(-1, 2)[:, 1].astype(np.float64)
+    return float((ys.max() - centre_y) / max(centre_y - ys.min(), 1e-6))
+
+
+def _classify_shape(harmonics: np.ndarray, solidity: float, notches: list[float], down: float) -> tuple[str, int]:
+    """Shape name and symmetry order from radial harmonics, solidity, notch depths and point-down ratio."""
     order = 3 + int(np.argmax(harmonics[3:6]))
     if harmonics[order] < ROUND_BELOW:
         return "circle", 0
     deepest, second = (notches + [0.0, 0.0])[:2]
-    if harmonics[2] > HEART_ABOVE and deepest > NOTCH_DEPTH > second:
+    notched = harmonics[2] > HEART_ABOVE and deepest > NOTCH_DEPTH
+    pointing_down = harmonics[2] > SOFT_HEART_ABOVE and down > POINT_DOWN_ABOVE
+    if harmonics[2] < ELONGATED_ABOVE and second < NOTCH_DEPTH and (notched or pointing_down):
         return "heart", 1
     if order == 4:
         return ("square" if solidity > CONVEX_ABOVE else "cross"), 4
@@ -234,7 +250,8 @@ def _measure(pixels: np.ndarray, labels: np.ndarray, label: int, background: np.
     cy = (moments["m01"] / moments["m00"] + 0.5) / UPSCALE + y0
     solidity = area / max(hull_area, 1e-6)
     harmonics = radial_harmonics(contour, (moments["m10"] / moments["m00"], moments["m01"] / moments["m00"]))
-    shape, symmetry = _classify_shape(harmonics, solidity, notches)
+    shape, symmetry = _classify_shape(harmonics, solidity, notches,
+                                      point_down(contour, moments["m01"] / moments["m00"]))
     return DetectedObject(
         colour=colour_name(colour), shape=shape,
         size="large" if radius / side > SIZE_SPLIT else "small",
