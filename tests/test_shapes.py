@@ -177,16 +177,21 @@ def test_each_shape_is_recognised_at_small_size(shape: str) -> None:
     assert [(o.shape, o.colour, o.size, o.position) for o in objects] == [(shape, "white", "small", "centre")]
 
 
-def test_the_novel_split_draws_only_hearts_and_the_checker_reads_them() -> None:
-    """The heart is the concept fine-tuning teaches (bench/train_proof.py): the embedded model's data never
-    has one, and the checker reads drawn hearts as hearts and no other drawing as one."""
+def test_the_novel_split_draws_only_new_shapes_and_the_checker_reads_them() -> None:
+    """Hearts and diamonds are the concepts fine-tuning teaches (bench/train_proof.py): the embedded model's data
+    never has one, and the checker reads drawn ones as what they are and no other drawing as one."""
     rng = np.random.default_rng(7)
     assert {o.shape for _ in range(200) for o in sample_scene(rng, "all").objects} == set(SHAPES)
-    assert {o.shape for _ in range(50) for o in sample_scene(rng, "novel").objects} == {"heart"}
+    assert {o.shape for _ in range(50) for o in sample_scene(rng, "novel").objects} == {"heart", "diamond"}
+    assert {o.shape for _ in range(20) for o in sample_scene(rng, "novel", "diamond").objects} == {"diamond"}
+    with pytest.raises(ValueError, match="draws no 'diamond'"):
+        sample_scene(rng, "train", "diamond")
     accuracy = measure_accuracy(300, seed=8, split="novel")
     assert all(v >= 0.98 for v in accuracy.values()), accuracy
+    assert not {o.shape for o in detect(render(_scene(shape="square")))} & set(NOVEL_SHAPES)
     assert parse_prompt("two small red hearts on a blue background") == Expectation(
         colour="red", shape="heart", count=2, background="blue", size="small")
+    assert parse_prompt("a large green diamond").shape == "diamond"
 
 
 def test_soft_hearts_without_a_visible_notch_still_read_as_hearts() -> None:

@@ -27,7 +27,9 @@ UPSCALE = 4  # contours are traced on a 4x-upsampled coverage map, for sub-pixel
 # harmonic among 3, 4 and 5 is the shape's rotational symmetry (triangle 3, square and cross 4, star 5). On
 # drawings that harmonic's amplitude is >= 0.057 of the mean radius for every non-circle and <= 0.005 for
 # circles. A square and a cross share 4-fold symmetry; the cross is non-convex (solidity <= 0.78 vs >= 0.93).
-# The second harmonic marks a shape with no rotational symmetry at all: the heart.
+# The second harmonic marks a shape with no rotational symmetry at all: the heart. The 4th harmonic's phase
+# says where a convex 4-fold shape has its corners: the drawer turns squares by at most 12 degrees, so their
+# corners sit 33-57 degrees from the horizontal, and a diamond's (a novel shape: a square on its corner) 0-12.
 ROUND_BELOW = 0.03  # strongest of harmonics 3..5 below this: a circle
 CONVEX_ABOVE = 0.85  # solidity (area / convex-hull area) above this: a square rather than a cross
 # A heart (a novel shape: see draw.NOVEL_SHAPES) has only mirror symmetry, so its profile keeps a second
@@ -176,15 +178,21 @@ def _coverage(pixels: np.ndarray, background: np.ndarray, colour: np.ndarray) ->
     return np.clip(along / np.maximum(np.einsum("...c,...c->...", direction, direction), 1e-6), 0, 1).astype(np.float32)
 
 
-def radial_harmonics(contour: np.ndarray, centre: tuple[float, float], orders: int = 8) -> np.ndarray:
-    """Amplitudes of harmonics 0..orders of the outline's distance-from-centre as a function of angle,
-    over the mean distance: an n-fold symmetric shape peaks at harmonic n (star 5, cross/square 4, triangle 3)."""
+def radial_spectrum(contour: np.ndarray, centre: tuple[float, float], orders: int = 8) -> np.ndarray:
+    """Harmonics 0..orders (complex) of the outline's distance-from-centre as a function of angle, over the mean
+    distance: an n-fold symmetric shape peaks at harmonic n (star 5, cross/square 4, triangle 3)."""
     offsets = contour.reshape(-1, 2).astype(np.float64) - centre
     angles, radii = np.arctan2(offsets[:, 1], offsets[:, 0]), np.hypot(offsets[:, 0], offsets[:, 1])
     grid = np.linspace(-math.pi, math.pi, 256, endpoint=False)
     profile = np.interp(grid, angles, radii, period=2 * math.pi)
-    spectrum = np.abs(np.fft.rfft(profile))[: orders + 1] / len(grid)
-    return spectrum / spectrum[0]
+    spectrum = np.fft.rfft(profile)[: orders + 1] / len(grid)
+    return spectrum / spectrum[0].real
+
+
+def corner_angle(spectrum: np.ndarray) -> float:
+    """Where a 4-fold outline has its corners, in degrees 0..90 from the +x axis (the 4th harmonic's phase):
+    a square's sit at 45, a diamond's at 0 (or 90)."""
+    return float(np.degrees(-np.angle(spectrum[4]) / 4) % 90)
 
 
 def notch_depths(contour: np.ndarray, radius: float) -> list[float]:
@@ -202,8 +210,9 @@ def point_down(contour: np.ndarray, centre_y: float) -> float:
     return float((ys.max() - centre_y) / max(centre_y - ys.min(), 1e-6))
 
 
-def _classify_shape(harmonics: np.ndarray, solidity: float, notches: list[float], down: float) -> tuple[str, int]:
-    """Shape name and symmetry order from radial harmonics, solidity, notch depths and point-down ratio."""
+def _classify_shape(spectrum: np.ndarray, solidity: float, notches: list[float], down: float) -> tuple[str, int]:
+    """Shape name and symmetry order from the radial spectrum, solidity, notch depths and point-down ratio."""
+    harmonics = np.abs(spectrum)
     order = 3 + int(np.argmax(harmonics[3:6]))
     if harmonics[order] < ROUND_BELOW:
         return "circle", 0
@@ -213,7 +222,9 @@ def _classify_shape(harmonics: np.ndarray, solidity: float, notches: list[float]
     if harmonics[2] < ELONGATED_ABOVE and second < NOTCH_DEPTH and (notched or pointing_down):
         return "heart", 1
     if order == 4:
-        return ("square" if solidity > CONVEX_ABOVE else "cross"), 4
+        if solidity <= CONVEX_ABOVE:
+            return "cross", 4
+        return ("square" if abs(corner_angle(spectrum) - 45) < 22.5 else "diamond"), 4
     return ("triangle" if order == 3 else "star"), order
 
 
@@ -249,8 +260,8 @@ def _measure(pixels: np.ndarray, labels: np.ndarray, label: int, background: np.
     cx = (moments["m10"] / moments["m00"] + 0.5) / UPSCALE + x0
     cy = (moments["m01"] / moments["m00"] + 0.5) / UPSCALE + y0
     solidity = area / max(hull_area, 1e-6)
-    harmonics = radial_harmonics(contour, (moments["m10"] / moments["m00"], moments["m01"] / moments["m00"]))
-    shape, symmetry = _classify_shape(harmonics, solidity, notches,
+    spectrum = radial_spectrum(contour, (moments["m10"] / moments["m00"], moments["m01"] / moments["m00"]))
+    shape, symmetry = _classify_shape(spectrum, solidity, notches,
                                       point_down(contour, moments["m01"] / moments["m00"]))
     return DetectedObject(
         colour=colour_name(colour), shape=shape,

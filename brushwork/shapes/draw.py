@@ -25,7 +25,7 @@ T = TypeVar("T")
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
 # Shapes the embedded model never saw: drawn only for the "novel" split, so fine-tuning (LoRA, DreamBooth,
 # textual inversion) has a concept to teach that the checker can still recognise.
-NOVEL_SHAPES: tuple[str, ...] = ("heart",)
+NOVEL_SHAPES: tuple[str, ...] = ("heart", "diamond")
 PLURALS: dict[str, str] = {s: ("crosses" if s == "cross" else s + "s") for s in SHAPES + NOVEL_SHAPES}
 
 # Object colours: saturated hues spread round the wheel plus white and black. The closest pair
@@ -140,7 +140,16 @@ def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
     return round(float(rng.uniform(low, high)), 4)
 
 
-def _pick_pair(rng: np.random.Generator, split: Split) -> tuple[str, str]:
+def _pick_pair(rng: np.random.Generator, split: Split, shape: str | None) -> tuple[str, str]:
+    if shape is not None:
+        if shape not in (NOVEL_SHAPES if split == "novel" else SHAPES):
+            raise ValueError(f"the {split!r} split draws no {shape!r}")
+        if split == "heldout":
+            return _pick(rng, sorted(colour for colour, held in HELD_OUT if held == shape)), shape
+        while True:
+            pair = (_pick(rng, list(COLOURS)), shape)
+            if split in ("all", "novel") or pair not in HELD_OUT:
+                return pair
     if split == "heldout":
         return _pick(rng, sorted(HELD_OUT))
     if split == "novel":
@@ -173,10 +182,10 @@ def _place_many(rng: np.random.Generator, radii: list[float]) -> list[tuple[floa
     return None
 
 
-def sample_scene(rng: np.random.Generator, split: Split = "train") -> Scene:
+def sample_scene(rng: np.random.Generator, split: Split = "train", shape: str | None = None) -> Scene:
     """Draw a random scene. `split="train"` never yields a HELD_OUT colour/shape pair; "heldout" only those;
-    "novel" only NOVEL_SHAPES."""
-    colour, shape = _pick_pair(rng, split)
+    "novel" only NOVEL_SHAPES. `shape` restricts it to that one of the split's shapes."""
+    colour, shape = _pick_pair(rng, split, shape)
     count = _pick(rng, (1, 1, 1, 2, 2, 3))
     size = _pick(rng, ("small", "large"))
     others = [c for c in PALETTE if c != colour]  # never an object on its own colour
@@ -279,6 +288,8 @@ def _polygon(obj: ShapeObject, side: float) -> list[tuple[float, float]]:
         polar = [(math.hypot(x, y), math.atan2(y, x)) for x, y in points]
     elif obj.shape == "heart":
         polar = _HEART
+    elif obj.shape == "diamond":  # a square standing on a corner: its 4-fold outline turned by 45 degrees
+        polar = [(1.0, math.pi / 2 * k) for k in range(4)]
     else:
         raise ValueError(f"unknown shape {obj.shape!r}; expected one of {', '.join(SHAPES + NOVEL_SHAPES)}")
     turn = -math.radians(obj.rotation)  # counter-clockwise on screen, where y points down
@@ -303,7 +314,8 @@ def render(scene: Scene, size: int = 64) -> Image.Image:
     return image.resize((size, size), Image.Resampling.BOX)
 
 
-def make_dataset(out_dir: str | Path, count: int, seed: int, size: int = 64, split: Split = "train") -> list[Scene]:
+def make_dataset(out_dir: str | Path, count: int, seed: int, size: int = 64, split: Split = "train",
+                 shape: str | None = None) -> list[Scene]:
     """Write `count` pictures as 00000.png + 00000.txt (caption) and metadata.jsonl; same seed, same bytes."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -311,7 +323,7 @@ def make_dataset(out_dir: str | Path, count: int, seed: int, size: int = 64, spl
     scenes = []
     with open(out / "metadata.jsonl", "w", encoding="utf-8", newline="\n") as meta:
         for i in range(count):
-            scene = sample_scene(rng, split)
+            scene = sample_scene(rng, split, shape)
             render(scene, size).save(out / f"{i:05d}.png", format="PNG")
             (out / f"{i:05d}.txt").write_text(scene.caption, encoding="utf-8")
             meta.write(json.dumps({"file": f"{i:05d}.png", **asdict(scene)}, sort_keys=True) + "\n")

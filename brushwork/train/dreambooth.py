@@ -24,14 +24,15 @@ from brushwork.train.finetune import (
     FineTuneResult,
     Objective,
     Picture,
+    RunControls,
     batch_order,
     curated_examples,
     encode_captions,
     encode_pictures,
+    run_fine_tune,
     run_state,
-    sample_hook,
 )
-from brushwork.train.loop import LoopHooks, TrainingInterrupted, learning_rate, run_steps
+from brushwork.train.loop import TrainingInterrupted
 from brushwork.train.optimize import Optimization, processes
 from brushwork.train.settings import StepSettings
 
@@ -118,29 +119,14 @@ def train_dreambooth(components: Components, paint: Callable[[str, int, int], ob
                 unet, *objective.noisy(prior, generator), encode(prior))
         return loss
 
-    def step(index: int) -> float:
-        return optimization.step(index, learning_rate(index, settings.steps, settings.lr, 0, 1.0), loss_of)
-
     def checkpoint(done: int) -> None:
         if optimization.is_main:
             state.save("dreambooth.pt", {"step": done, "optimization": optimization.state_dict(),
                                          "modules": [module.state_dict() for module in trained]})
 
-    sample = None
-    if settings.sample_every and optimization.is_main:  # the painter's Engine holds these very modules
-        sample = sample_hook(state.folder / "samples", paint, settings.sample_prompt or settings.instance_prompt,
-                             settings.seed, settings.resolution, trained)
-    for module in trained:
-        module.train()
-    try:
-        result = run_steps("dreambooth", start, settings.steps, step,
-                           LoopHooks(checkpoint=checkpoint, checkpoint_every=settings.checkpoint_every,
-                                     should_stop=should_stop, on_step=on_step, progress=progress,
-                                     sample=sample, sample_every=settings.sample_every))
-    finally:
-        for module in trained:
-            module.eval()
-            module.requires_grad_(False)
+    result = run_fine_tune("dreambooth", start, settings, optimization, loss_of, checkpoint, trained,
+                           RunControls(progress, should_stop, on_step), samples=state.folder / "samples", paint=paint,
+                           sample_prompt=settings.sample_prompt or settings.instance_prompt)
     optimization.finish()
     if optimization.is_main:
         save_single_file(components, output, metadata={"brushwork.dreambooth": settings.instance_prompt})

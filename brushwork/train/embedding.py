@@ -26,13 +26,13 @@ from brushwork.train.finetune import (
     Curation,
     FineTuneResult,
     Objective,
+    RunControls,
     batch_order,
     curated_examples,
     encode_pictures,
+    run_fine_tune,
     run_state,
-    sample_hook,
 )
-from brushwork.train.loop import LoopHooks, learning_rate, run_steps
 from brushwork.train.optimize import Optimization
 from brushwork.train.settings import StepSettings
 from brushwork.train.state import state_dir_for
@@ -127,23 +127,15 @@ def train_embedding(components: Components, data_dir: Path, output: Path, settin
             handle.remove()
         return objective.loss(unet, noisy, timesteps, target, context)
 
-    def step(index: int) -> float:
-        return optimization.step(index, learning_rate(index, settings.steps, settings.lr, 0, 1.0), loss_of)
-
     def checkpoint(done: int) -> None:
         if optimization.is_main:
             state.save("embedding.pt", {"step": done, "vectors": vectors.detach().clone(),
                                         "optimization": optimization.state_dict()})
 
-    sample = None
-    if paint is not None and settings.sample_every and optimization.is_main:
-        sample = sample_hook(state.folder / "samples", paint, settings.sample_prompt or pictures[0].caption,
-                             settings.seed, settings.resolution, [],
-                             before=lambda: _save_vectors(vectors, sample_file(output, settings.token), {}))
-    result = run_steps("embedding", start, settings.steps, step,
-                       LoopHooks(checkpoint=checkpoint, checkpoint_every=settings.checkpoint_every,
-                                 should_stop=should_stop, on_step=on_step, progress=progress,
-                                 sample=sample, sample_every=settings.sample_every))
+    result = run_fine_tune("embedding", start, settings, optimization, loss_of, checkpoint, [],
+                           RunControls(progress, should_stop, on_step), samples=state.folder / "samples", paint=paint,
+                           sample_prompt=settings.sample_prompt or pictures[0].caption,
+                           before_sample=lambda: _save_vectors(vectors, sample_file(output, settings.token), {}))
     metadata = {"token": settings.token, "init_word": settings.init_word, "step": str(settings.steps),
                 "sd_checkpoint": base_hash[:10], "trained_at": f"{time.time():.0f}"}
     optimization.finish()

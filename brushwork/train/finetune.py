@@ -17,7 +17,8 @@ from brushwork.models.components import Components
 from brushwork.train.aesthetic import AestheticScorer
 from brushwork.train.curation import CurationSettings, curate
 from brushwork.train.dataset import Example, fit_to_bucket, make_buckets, nearest_bucket, scan_folder
-from brushwork.train.optimize import processes
+from brushwork.train.loop import LoopHooks, LoopResult, learning_rate, run_steps
+from brushwork.train.optimize import Optimization, processes
 from brushwork.train.state import TrainingState, state_dir_for
 
 
@@ -125,6 +126,44 @@ def batch_order(pictures: list[Picture], batch_size: int, seed: int) -> Callable
         return epoch_batches(step // per_epoch)[step % per_epoch]
 
     return batch
+
+
+@dataclass(frozen=True)
+class RunControls:
+    """How a caller follows and steers a fine-tuning run: a progress bar, a stop request asked after every step
+    (True saves a checkpoint and stops), and a callback per step with (stage, steps done, loss)."""
+
+    progress: bool = True
+    should_stop: Callable[[], bool] | None = None
+    on_step: Callable[[str, int, float], None] | None = None
+
+
+def run_fine_tune(stage: str, start: int, settings, optimization: Optimization, loss_of: Callable[[int], torch.Tensor],
+                  checkpoint: Callable[[int], None], trained: list[torch.nn.Module], controls: RunControls, *,
+                  samples: Path, paint: Callable[[str, int, int], Image.Image] | None = None, sample_prompt: str = "",
+                  before_sample: Callable[[], None] | None = None, warmup: int = 0) -> LoopResult:
+    """The step loop every fine-tuner runs, from step `start` to `settings.steps`: each step one optimizer step
+    over `loss_of`'s micro-batches at the cosine schedule's rate, a checkpoint every `settings.checkpoint_every`
+    steps, and with `paint` a sample picture of `sample_prompt` every `settings.sample_every` steps into
+    `samples`. The `trained` modules are in train mode for the steps and frozen in eval mode after, even when
+    the run fails or is stopped."""
+
+    def step(index: int) -> float:
+        return optimization.step(index, learning_rate(index, settings.steps, settings.lr, warmup, 1.0), loss_of)
+
+    sample = None
+    if paint is not None and settings.sample_every and optimization.is_main:  # the painter holds these modules
+        sample = sample_hook(samples, paint, sample_prompt, settings.seed, settings.resolution, trained, before_sample)
+    for module in trained:
+        module.train()
+    try:
+        return run_steps(stage, start, settings.steps, step, LoopHooks(
+            checkpoint=checkpoint, checkpoint_every=settings.checkpoint_every, should_stop=controls.should_stop,
+            on_step=controls.on_step, progress=controls.progress, sample=sample, sample_every=settings.sample_every))
+    finally:
+        for module in trained:
+            module.eval()
+            module.requires_grad_(False)
 
 
 def sample_hook(folder: Path, paint: Callable[[str, int, int], Image.Image], prompt: str, seed: int, size: int,

@@ -26,15 +26,15 @@ from brushwork.train.finetune import (
     Curation,
     FineTuneResult,
     Objective,
+    RunControls,
     batch_order,
     curated_examples,
     encode_captions,
     encode_pictures,
+    run_fine_tune,
     run_state,
-    sample_hook,
     shuffled_tags,
 )
-from brushwork.train.loop import LoopHooks, learning_rate, run_steps
 from brushwork.train.optimize import Optimization
 from brushwork.train.settings import StepSettings
 
@@ -128,29 +128,15 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
         text = encode_captions(components, captions, [pictures[i].bucket for i in batch])
         return objective.loss(unet, noisy, timesteps, target, text)
 
-    def step(index: int) -> float:
-        return optimization.step(index, learning_rate(index, settings.steps, settings.lr, settings.warmup, 1.0), loss_of)
-
     def checkpoint(done: int) -> None:
         if optimization.is_main:
             state.save("lora.pt", {"step": done, "optimization": optimization.state_dict(),
                                    "adapters": [_adapter_weights(module) for module in trained]})
 
-    sample = None
-    if paint is not None and settings.sample_every and optimization.is_main:  # the adapters are live in the modules
-        sample = sample_hook(state.folder / "samples", paint, settings.sample_prompt or pictures[0].caption,
-                             settings.seed, settings.resolution, trained)
-    for module in trained:
-        module.train()
     started = time.time()
-    try:
-        result = run_steps("lora", start, settings.steps, step,
-                           LoopHooks(checkpoint=checkpoint, checkpoint_every=settings.checkpoint_every,
-                                     should_stop=should_stop, on_step=on_step, progress=progress,
-                                     sample=sample, sample_every=settings.sample_every))
-    finally:
-        for module in trained:
-            module.eval()
+    result = run_fine_tune("lora", start, settings, optimization, loss_of, checkpoint, trained,
+                           RunControls(progress, should_stop, on_step), samples=state.folder / "samples", paint=paint,
+                           sample_prompt=settings.sample_prompt or pictures[0].caption, warmup=settings.warmup)
     optimization.finish()
     if optimization.is_main:
         metadata = _metadata(settings, components, kept, base_name, base_hash, output, started)
