@@ -18,6 +18,7 @@ from starlette.datastructures import UploadFile
 
 from brushwork.errors import BrushworkError
 from brushwork.recipe import Recipe
+from brushwork.serve.api.sse import KEEPALIVE, KEEPALIVE_SECONDS, sse_message, sse_response
 from brushwork.serve.api.views import ImageView, JobSummary, JobView, image_view, job_summary, job_view
 from brushwork.serve.deps import ImageUpscalers, Jobs, ServerLimits, Shutdown, Store, User
 from brushwork.serve.jobs import Job, JobEvent, JobService, JobState
@@ -27,7 +28,6 @@ from brushwork.serve.settings import Limits
 router = APIRouter(tags=["jobs"])
 
 IMAGE_FIELDS = ("init_image", "mask")
-KEEPALIVE_SECONDS = 10.0  # an SSE comment this often keeps proxies from closing a quiet stream
 
 _SUBMIT_BODY = {
     "requestBody": {
@@ -114,10 +114,7 @@ def job_events(job_id: str, jobs: Jobs, user: User, shutdown: Shutdown) -> Strea
     preview_png_base64), then one of `done` (images), `failed` (error) or `cancelled`. Each event's
     `data` is a JobEvent as JSON; `: keep-alive` comments fill quiet stretches."""
     own_job(jobs, job_id, user)
-    return StreamingResponse(
-        event_stream(jobs, job_id, shutdown), media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return sse_response(event_stream(jobs, job_id, shutdown))
 
 
 def own_job(jobs: JobService, job_id: str, user: str) -> Job:
@@ -138,13 +135,13 @@ def event_stream(jobs: JobService, job_id: str, shutdown: threading.Event) -> It
         job = jobs.get(job_id)
         if job is None or job.state.finished:  # ended between two calls: its last event was sent above
             return
-        yield ": keep-alive\n\n"
+        yield KEEPALIVE
 
 
 def format_event(event: JobEvent) -> str:
     data: dict[str, Any] = event.model_dump(mode="json", exclude={"images"})
     data["images"] = [image_view(record).model_dump(mode="json") for record in event.images]
-    return f"event: {event.kind}\ndata: {json.dumps(data)}\n\n"
+    return sse_message(event.kind, data)
 
 
 def _json_object(body: bytes) -> Any:

@@ -7,7 +7,6 @@ A training job is visible only to its owner; others get 404. The finished file l
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import Annotated, Any, Iterator
 
@@ -16,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel
 
-from brushwork.serve.api.jobs import KEEPALIVE_SECONDS
+from brushwork.serve.api.sse import KEEPALIVE, KEEPALIVE_SECONDS, sse_message, sse_response
 from brushwork.serve.deps import Shutdown, User
 from brushwork.serve.jobs import JobState
 from brushwork.serve.limits import NotFound
@@ -101,8 +100,7 @@ def training_events(job_id: str, training: Training, user: User, shutdown: Shutd
     loss points and sample names), then `done`, `failed` or `cancelled` with the whole job. `: keep-alive`
     comments fill quiet stretches."""
     own_training(training, job_id, user)
-    return StreamingResponse(_stream(training, job_id, shutdown), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return sse_response(_stream(training, job_id, shutdown))
 
 
 def own_training(training: TrainingQueue, job_id: str, user: str) -> TrainingJob:
@@ -126,10 +124,10 @@ def _stream(training: TrainingQueue, job_id: str, shutdown: threading.Event) -> 
             if kind == "progress":  # only the points since the last event, from index `losses_from`
                 start = sent_points if sent_points <= len(job.losses) else 0  # 0: a long run thinned its curve
                 data["losses"], data["losses_from"], sent_points = job.losses[start:], start, len(job.losses)
-            yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+            yield sse_message(kind, data)
             if job.state.finished:
                 return
         new = training.wait(version, KEEPALIVE_SECONDS)
         if new == version:
-            yield ": keep-alive\n\n"
+            yield KEEPALIVE
         version = new
