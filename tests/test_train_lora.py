@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from brushwork.cli import main
+from brushwork.errors import ModelLoadError
 from brushwork.engine.engine import Engine
 from brushwork.models.patches.lora import LoraPatch, load_lora
 from brushwork.models.store import ModelStore
 from brushwork.recipe import Recipe
 from brushwork.shapes import make_dataset
+from brushwork.train.jobs import TrainRequest
 from tiny_models import tiny_components, to_pipeline, write_tiny_checkpoint
 
 FLAGS = ["--resolution", "64", "--rank", "4", "--alpha", "4", "--lr", "1e-3", "--no-progress"]
@@ -171,3 +173,76 @@ def test_a_locon_lora_adapts_the_resnet_convolutions_too(setup, tmp_path):
         conv = "down_blocks.0.resnets.0.conv1.weight"
         assert not torch.equal(ours[conv], tiny_components("sd1").unet.state_dict()[conv])
         assert all(torch.allclose(ours[key], theirs[key], atol=1e-6) for key in ours if key in theirs)
+
+
+def test_new_words_learn_with_the_lora_and_come_with_its_file(setup, tmp_path):
+    """Pivotal tuning: the captions' unknown word gets vectors of its own, trained with the adapters from its
+    init word's, saved as A1111's bundled embedding; a job with the LoRA puts them where the word is."""
+    root, models = setup
+    data = tmp_path / "words"
+    make_dataset(data, 4, seed=5, size=64, split="all")
+    for caption in data.glob("*.txt"):
+        caption.write_text(caption.read_text() + ", glorp", encoding="utf-8")
+    output = tmp_path / "glorp.safetensors"
+    flags = ["train", "lora", str(data), "--base", "tiny", "--models-dir", str(models), *FLAGS,
+             "--steps", "4", "--checkpoint-every", "2", "--new-word", "glorp=circle"]
+    assert main([*flags, "-o", str(output)]) == 0
+    state = load_file(output)
+    vectors = state["bundle_emb.glorp.string_to_param.*"]
+    components = tiny_components("sd1")
+    table = components.text_encoders[0].get_input_embeddings().weight
+    circle = table[components.tokenizers[0]("circle", add_special_tokens=False).input_ids].detach()
+    pieces = len(components.tokenizers[0]("glorp", add_special_tokens=False).input_ids)  # a word of 3 tokens
+    assert vectors.shape == (pieces, table.shape[1]) and not torch.allclose(vectors, circle.expand_as(vectors))
+    lora = load_lora(output, components)
+    assert [embedding.name for embedding in lora.embeddings] == ["glorp"]
+
+    (models / "Lora").mkdir(exist_ok=True)
+    (models / "Lora" / "glorp.safetensors").write_bytes(output.read_bytes())
+    without = {key: value for key, value in state.items() if not key.startswith("bundle_emb.")}
+    save_file(without, str(models / "Lora" / "plain.safetensors"))
+    engine = Engine(ModelStore(models))
+    base = dict(steps=2, width=64, height=64, seed=3, model="tiny", sampler="Euler")
+
+    def paint(prompt: str) -> np.ndarray:
+        return np.asarray(engine.run(Recipe(prompt=prompt, **base)).images[0].image)
+
+    assert not np.array_equal(paint("a glorp <lora:glorp:1>"), paint("a glorp <lora:plain:1>"))
+    assert np.array_equal(paint("a red circle <lora:glorp:1>"), paint("a red circle <lora:plain:1>"))
+
+    import brushwork.train.lora as trainer  # stopped after 2 steps and resumed: the same vectors at the end
+
+    parts = tmp_path / "parts.safetensors"
+    stop = {"now": True}
+    real = trainer.train_lora
+
+    def stopping(*args, **kwargs):
+        done = []
+        kwargs["on_step"] = lambda stage, step, loss: done.append(step)
+        kwargs["should_stop"] = lambda: stop["now"] and len(done) >= 2
+        return real(*args, **kwargs)
+
+    trainer.train_lora = stopping
+    try:
+        assert main([*flags, "-o", str(parts)]) == 130
+        stop["now"] = False
+        assert main([*flags, "-o", str(parts), "--resume"]) == 0
+    finally:
+        trainer.train_lora = real
+    assert torch.equal(load_file(parts)["bundle_emb.glorp.string_to_param.*"], vectors)
+
+
+def test_new_words_are_checked(setup, tmp_path, capsys):
+    root, models = setup
+    flags = ["train", "lora", str(root / "hearts"), "--base", "tiny", "--models-dir", str(models), *FLAGS]
+    assert main([*flags, "-o", str(tmp_path / "x.safetensors"), "--new-word", "../x"]) == 2
+    assert "new word '../x' (new_words, --new-word)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="train with a LoRA only"):
+        TrainRequest(kind="embedding", output="e", token="t", init_word="red", new_words=["glorp"])
+    output = tmp_path / "y.safetensors"
+    assert main([*flags, "-o", str(output), "--steps", "1", "--new-word", "glorp"]) == 0
+    state = load_file(output)
+    state["bundle_emb.glorp.string_to_param.*"] = torch.zeros(1, 7)  # made for a text encoder 7 wide
+    save_file(state, str(output))
+    with pytest.raises(ModelLoadError, match="bundled embedding 'glorp' was made for other text encoders"):
+        load_lora(output, tiny_components("sd1"))

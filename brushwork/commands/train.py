@@ -74,6 +74,11 @@ def add_parser(subparsers) -> None:
          ("--lr", float, 1e-4, "learning rate"), ("--caption-dropout", float, 0.0, "share of steps trained with no caption"),
          ("--keep-tokens", int, 0, "with --shuffle-tags: how many leading tags stay in place")))
     lora.add_argument("--train-text-encoder", dest="train_text_encoder", action="store_true")
+    lora.add_argument("--new-word", dest="new_words", action="append", default=[], metavar="WORD[=INIT]",
+                      help="a caption word the base does not know: its token vectors learn with the LoRA (pivotal "
+                           "tuning), starting from INIT's, and are saved in the LoRA file as an embedding that comes "
+                           "with it (A1111's bundle_emb; diffusers' load_lora_weights refuses such files); "
+                           "repeatable, e.g. --new-word hexagon=shape")
     lora.add_argument("--shuffle-tags", dest="shuffle_tags", action="store_true",
                       help="shuffle the comma-separated caption tags every step (kohya's shuffle_caption)")
     lora.set_defaults(run=run_lora)
@@ -179,7 +184,7 @@ def run_base(args: argparse.Namespace) -> int:
 def run_lora(args: argparse.Namespace) -> int:
     return _fine_tune(args, "lora", args.output or Path(args.data.name + ".safetensors"), (
         "rank", "alpha", "conv_rank", "conv_alpha", "caption_dropout", "train_text_encoder", "shuffle_tags",
-        "keep_tokens"))
+        "keep_tokens", "new_words"))
 
 
 def run_embedding(args: argparse.Namespace) -> int:

@@ -7,7 +7,8 @@ the rows the prompt reserved for the vectors.
 
 Files as people share them: `.safetensors` with `emb_params` (SD 1.x/2.x) or `clip_l` + `clip_g` (SDXL);
 A1111's `.pt` (`string_to_param`), diffusers' `learned_embeds.bin` (`{token: vector}`), only with the pickle
-opt-in and then read with `weights_only`.
+opt-in and then read with `weights_only`. A LoRA file may bundle embeddings of its own (A1111's `bundle_emb.*`
+keys, `split_bundled`): a job that uses the LoRA knows them too.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from brushwork.errors import ModelLoadError
 from brushwork.models.single_file import PICKLE_SUFFIXES, read_pickled, read_state_dict
 
 SDXL_KEYS = ("clip_l", "clip_g")  # SDXL files: the vectors of each text encoder, in the components' order
+BUNDLE_PREFIX = "bundle_emb."  # embeddings inside a LoRA file, which come with the LoRA
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,11 @@ def load_embedding(path: Path, *, allow_pickle: bool) -> Embedding:
         state = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
     else:
         state = read_state_dict(path, allow_pickle=allow_pickle)
+    return embedding_from_state(path.stem, path, state)
+
+
+def embedding_from_state(name: str, path: Path, state: dict[str, torch.Tensor]) -> Embedding:
+    """The embedding `name` from its tensors in any of the layouts above; `path` is the file they came from."""
     if all(key in state for key in SDXL_KEYS):
         vectors = tuple(_rows(state[key], path) for key in SDXL_KEYS)
     elif "emb_params" in state:
@@ -66,7 +73,21 @@ def load_embedding(path: Path, *, allow_pickle: bool) -> Embedding:
                              "clip_l + clip_g, string_to_param or one token's vector")
     if len({v.shape[0] for v in vectors}) != 1:
         raise ModelLoadError(f"embedding {path.name}: its text encoders' vectors differ in count")
-    return Embedding(path.stem, path, vectors)
+    return Embedding(name, path, vectors)
+
+
+def split_bundled(path: Path, state: dict[str, torch.Tensor]) -> tuple[list[Embedding], dict[str, torch.Tensor]]:
+    """A LoRA file's bundled embeddings (A1111's `bundle_emb.NAME.string_to_param.*`, `bundle_emb.NAME.clip_l`
+    and `.clip_g` on SDXL, `bundle_emb.NAME.emb_params`) and the file's other tensors."""
+    bundled: dict[str, dict[str, torch.Tensor]] = {}
+    rest = {}
+    for key, tensor in state.items():
+        if key.startswith(BUNDLE_PREFIX) and key.count(".") >= 2:
+            name, tail = key[len(BUNDLE_PREFIX):].split(".", 1)
+            bundled.setdefault(name, {})[tail.rsplit(".", 1)[-1]] = tensor  # as A1111: the key's last part
+        else:
+            rest[key] = tensor
+    return [embedding_from_state(name, path, tensors) for name, tensors in bundled.items()], rest
 
 
 def _rows(value: object, path: Path) -> torch.Tensor:

@@ -161,11 +161,13 @@ class Engine:
             patches.append(LoraPatch(lora, *use.multipliers))
         return patches
 
-    def _prompt_encoder(self, components, clip_skip: int) -> PromptEncoder:
-        """The job's prompt encoder, with the embeddings folder's textual inversions that fit the model."""
+    def _prompt_encoder(self, components, clip_skip: int, loras: Sequence[LoraPatch] = ()) -> PromptEncoder:
+        """The job's prompt encoder, with the embeddings folder's textual inversions that fit the model and those
+        its LoRAs bundle (a LoRA's own vectors win over a folder file of the same name: they trained together)."""
         widths = [encoder.config.hidden_size for encoder in components.text_encoders]
-        return PromptEncoder(components, clip_skip, self.store.device, self.store.dtype,
-                             embeddings=self.embeddings.for_model(widths))
+        embeddings = self.embeddings.for_model(widths)
+        embeddings.update({embedding.name: embedding for patch in loras for embedding in patch.lora.embeddings})
+        return PromptEncoder(components, clip_skip, self.store.device, self.store.dtype, embeddings=embeddings)
 
     def _ti_hashes(self, recipe: Recipe, encoder: PromptEncoder) -> dict[str, str]:
         """A1111's `TI hashes: "name: hash, ..."` for the textual inversions the recipe's prompts use."""
@@ -240,18 +242,20 @@ class Engine:
         # The LoRAs change the shared model for this job only: restored when the last picture is made, when
         # the job fails, and when the caller stops early (closing this generator).
         with model.components.patcher.applied(patches):
-            yield from self._generate_patched(recipe, model, result, started, on_progress, should_stop, batches)
+            yield from self._generate_patched(recipe, model, patches, result, started, on_progress, should_stop,
+                                              batches)
         result.timings["total"] = time.perf_counter() - started
 
-    def _generate_patched(self, recipe: Recipe, model: LoadedModel, result: Result, started: float,
-                          on_progress, should_stop, batches: Sequence[int] | None) -> Iterator[GeneratedImage]:
+    def _generate_patched(self, recipe: Recipe, model: LoadedModel, patches: Sequence[LoraPatch], result: Result,
+                          started: float, on_progress, should_stop,
+                          batches: Sequence[int] | None) -> Iterator[GeneratedImage]:
         components = model.components
         device, dtype = self.store.device, self.store.dtype
 
         upscaling = recipe.sd_upscale is not None  # SD upscale: the init picture is split into tiles, not resized
         source = prepare_source(recipe, recipe.width, recipe.height) if recipe.is_img2img and not upscaling else None
         result.notes.extend(source.notes if source else [])
-        encoder = self._prompt_encoder(components, recipe.clip_skip)
+        encoder = self._prompt_encoder(components, recipe.clip_skip, patches)
         first_steps = steps_run(recipe.steps, recipe.denoising_strength) if recipe.is_img2img else recipe.steps
         positive, negative = encoder.encode_pair(recipe.prompt, recipe.negative_prompt, max(1, first_steps))
         images = recipe.batch_size
@@ -346,12 +350,13 @@ class Engine:
         started = time.perf_counter()
         model = self.store.load(recipes[0].model, vae=recipes[0].vae)
         resolved = [self.resolve(recipe, model) for recipe in recipes]
-        encoder = self._prompt_encoder(model.components, resolved[0].clip_skip)
+        patches = self.lora_patches(resolved[0].all_loras(), model.components)  # groupable: the same LoRAs
+        encoder = self._prompt_encoder(model.components, resolved[0].clip_skip, patches)
         results = [Result(recipe=recipe) for recipe in resolved]
         subgroups: dict[int, list[int]] = {}
         for index, recipe in enumerate(resolved):
             subgroups.setdefault(encoder.chunk_count(recipe.prompt, recipe.negative_prompt, recipe.steps), []).append(index)
-        with model.components.patcher.applied(self.lora_patches(resolved[0].all_loras(), model.components)):  # groupable: equal
+        with model.components.patcher.applied(patches):
             for members in subgroups.values():
                 self._run_group([resolved[i] for i in members], [results[i] for i in members], model, encoder,
                                 started, on_progress, should_stop)

@@ -32,10 +32,10 @@ from brushwork.train.finetune import (
     encode_pictures,
     run_fine_tune,
     run_state,
+    sample_file,
 )
 from brushwork.train.optimize import Optimization
 from brushwork.train.settings import StepSettings
-from brushwork.train.state import state_dir_for
 
 
 @dataclass(frozen=True)
@@ -142,12 +142,6 @@ def train_embedding(components: Components, data_dir: Path, output: Path, settin
     if optimization.is_main:
         _save_vectors(vectors, output, metadata)
     return FineTuneResult(output, settings.steps, result.losses, result.seconds, len(kept))
-
-
-def sample_file(output: Path, token: str) -> Path:
-    """Where the vectors are saved for each sample picture: in the state folder, named after the token, so the
-    painter's Engine matches the token in the sample prompt."""
-    return state_dir_for(output) / "embedding" / f"{token}.safetensors"
 
 
 def _save_vectors(vectors: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:

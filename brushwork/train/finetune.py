@@ -3,6 +3,7 @@ pictures encoded once into aspect-ratio buckets, a batch order fixed by the seed
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from brushwork.engine.embeddings import vectors_hook
 from brushwork.errors import BrushworkError
 from brushwork.models.components import Components
 from brushwork.train.aesthetic import AestheticScorer
@@ -52,6 +54,7 @@ class FineTuneResult:
 def run_state(output: Path, run: dict[str, Any], resume: bool) -> TrainingState:
     """The state folder beside `output`; `resume` needs one made by the same run (settings, base, data)."""
     state = TrainingState(state_dir_for(output))
+    run = json.loads(json.dumps(run))  # as it reads back: tuples become lists
     if resume:
         if not state.exists():
             raise BrushworkError(f"nothing to resume: no training state in {state.folder}")
@@ -166,6 +169,12 @@ def run_fine_tune(stage: str, start: int, settings, optimization: Optimization, 
             module.requires_grad_(False)
 
 
+def sample_file(output: Path, word: str) -> Path:
+    """Where a run that learns a word's vectors saves them before each sample picture: in the state folder,
+    named after the word, so the painter's Engine (told of these files) finds the word in the sample prompt."""
+    return state_dir_for(output) / "embedding" / f"{word}.safetensors"
+
+
 def sample_hook(folder: Path, paint: Callable[[str, int, int], Image.Image], prompt: str, seed: int, size: int,
                 modules: list[torch.nn.Module], before: Callable[[], None] | None = None) -> Callable[[int], None]:
     """A LoopHooks.sample: paint `prompt` with the weights as they are after a step (`before` first brings
@@ -205,16 +214,65 @@ class TextConditioning:
     added: dict[str, torch.Tensor] | None = None
 
 
-def encode_captions(components: Components, captions: list[str], sizes: list[tuple[int, int]]) -> TextConditioning:
+@dataclass
+class NewWord:
+    """A word the base model does not know whose token vectors learn with a LoRA (pivotal tuning): for each
+    text encoder, the word's token ids and the vectors that stand in for them, as a bundled embedding will."""
+
+    word: str
+    ids: list[list[int]]
+    vectors: list[torch.Tensor]
+
+    @classmethod
+    def start(cls, components: Components, word: str, init: str) -> "NewWord":
+        """Vectors starting as `init`'s (its tokens' mean, once per token of `word`), or as the word's own."""
+        ids, vectors = [], []
+        for tokenizer, encoder in zip(components.tokenizers, components.text_encoders):
+            word_ids = tokenizer(word, add_special_tokens=False).input_ids
+            init_ids = tokenizer(init, add_special_tokens=False).input_ids if init else word_ids
+            if not word_ids or not init_ids:
+                raise BrushworkError(f"--new-word {word}={init}: it has no tokens")
+            table = encoder.get_input_embeddings().weight
+            with torch.no_grad():
+                rows = table[torch.tensor(init_ids, device=table.device)].float()
+                start = rows if len(init_ids) == len(word_ids) else rows.mean(0, keepdim=True).repeat(len(word_ids), 1)
+            ids.append(word_ids)
+            vectors.append(start.clone().requires_grad_(True))
+        return cls(word, ids, vectors)
+
+
+def _word_hook(encoder, ids: torch.Tensor, words: list[NewWord], index: int):
+    """The token-embedding hook that puts each new word's vectors (of text encoder `index`) where its tokens are."""
+    rows: dict[int, list[tuple[int, torch.Tensor]]] = {}
+    tokens = ids.tolist()
+    for row, line in enumerate(tokens):
+        for word in words:
+            span = word.ids[index]
+            for position in range(len(line) - len(span) + 1):
+                if line[position: position + len(span)] == span:
+                    rows.setdefault(row, []).append((position, word.vectors[index]))
+    if not rows:
+        return None
+    return encoder.get_input_embeddings().register_forward_hook(vectors_hook(rows))
+
+
+def encode_captions(components: Components, captions: list[str], sizes: list[tuple[int, int]],
+                    words: list[NewWord] = ()) -> TextConditioning:
     """The captions as the Engine conditions on a prompt of one chunk: every text encoder's hidden states (the
     family's layer) side by side; on SDXL also the second encoder's pooled embedding and the size ids, which
-    say each picture was its bucket's size, uncropped (`sizes` are (width, height))."""
+    say each picture was its bucket's size, uncropped (`sizes` are (width, height)). `words` put their vectors
+    where their tokens are."""
     family = components.model_family
     contexts, pooled = [], None
-    for tokenizer, encoder in zip(components.tokenizers, components.text_encoders):
+    for index, (tokenizer, encoder) in enumerate(zip(components.tokenizers, components.text_encoders)):
         ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids.to(encoder.device)
-        output = encoder(ids, output_hidden_states=family.penultimate_layer)
+        handle = _word_hook(encoder, ids, list(words), index) if words else None
+        try:
+            output = encoder(ids, output_hidden_states=family.penultimate_layer)
+        finally:
+            if handle is not None:
+                handle.remove()
         contexts.append(output.hidden_states[-2] if family.penultimate_layer else output[0])
         if hasattr(output, "text_embeds"):
             pooled = output.text_embeds

@@ -65,6 +65,9 @@ class TrainRequest(BaseModel):
     caption_dropout: float = Field(0.0, ge=0.0, le=1.0)
     shuffle_tags: bool = False
     keep_tokens: int = Field(0, ge=0, le=75)
+    new_words: list[str] = Field([], max_length=16, description="LoRA: words the base does not know, as WORD or "
+                                 "WORD=INIT; their token vectors learn with the LoRA (pivotal tuning, starting from "
+                                 "INIT's) and travel in its file as bundled embeddings.")
     # Textual inversion
     token: str = Field("", max_length=100)
     init_word: str = Field("", max_length=100)
@@ -82,6 +85,13 @@ class TrainRequest(BaseModel):
     def _fits_its_kind(self) -> "TrainRequest":
         if self.token and (not SAFE_TOKEN.match(self.token) or ".." in self.token):
             raise ValueError(f"token {self.token!r}: one word, without / \\ : , or ..")
+        for entry in self.new_words:
+            word, _, init = entry.partition("=")
+            if not SAFE_TOKEN.match(word) or ".." in word or "=" in init:
+                raise ValueError(f"new word {entry!r} (new_words, --new-word): WORD or WORD=INIT, one word without "
+                                 "/ \\ : , or ..")
+        if self.new_words and self.kind is not TrainKind.lora:
+            raise ValueError("new words (new_words, --new-word) train with a LoRA only")
         if self.kind is TrainKind.embedding and not (self.token.strip() and self.init_word.strip()):
             raise ValueError("an embedding needs a token, the new word (token, --token), and a word to start from "
                              "(init_word, --init-word)")
@@ -108,7 +118,7 @@ def fine_tune(request: TrainRequest, model, store, data_dir: Path, output: Path,
     """Train `request` for `model` (a LoadedModel of `store`, trained in place) on `data_dir`; the result's file
     is `output`, its state folder beside it. Returns the trainer's FineTuneResult."""
     from brushwork.train.aesthetic import AestheticScorer
-    from brushwork.train.finetune import Curation
+    from brushwork.train.finetune import Curation, sample_file
 
     scorer = AestheticScorer.find(store.models_dir, allow_pickle=store.allow_pickle) if request.min_aesthetic > 0 else None
     curation = Curation(scorer, request.min_aesthetic)
@@ -123,12 +133,13 @@ def fine_tune(request: TrainRequest, model, store, data_dir: Path, output: Path,
 
         settings = LoraTrainSettings(**common, **{name: getattr(request, name) for name in (
             "rank", "alpha", "conv_rank", "conv_alpha", "caption_dropout", "train_text_encoder", "shuffle_tags",
-            "keep_tokens")})
+            "keep_tokens")}, new_words=tuple(tuple(entry.partition("=")[::2]) for entry in request.new_words))
+        paint = painter(model, store, steps=20,
+                        embedding_files=[sample_file(output, word) for word, _ in settings.new_words])
         return train_lora(model.components, data_dir, output, settings, base_name=model.name, base_hash=base_hash,
-                          paint=painter(model, store, steps=20), **run)
+                          paint=paint, **run)
     if request.kind is TrainKind.embedding:
-        from brushwork.train.embedding import EmbeddingTrainSettings, sample_file, train_embedding
-
+        from brushwork.train.embedding import EmbeddingTrainSettings, train_embedding
         settings = EmbeddingTrainSettings(**common, token=request.token, init_word=request.init_word,
                                           vectors=request.vectors)
         paint = painter(model, store, steps=20, embedding_files=[sample_file(output, settings.token)])

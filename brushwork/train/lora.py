@@ -20,11 +20,13 @@ from typing import Callable
 import torch
 from safetensors.torch import save_file
 
+from brushwork.engine.embeddings import BUNDLE_PREFIX, SDXL_KEYS
 from brushwork.errors import BrushworkError
 from brushwork.models.components import Components
 from brushwork.train.finetune import (
     Curation,
     FineTuneResult,
+    NewWord,
     Objective,
     RunControls,
     batch_order,
@@ -33,6 +35,7 @@ from brushwork.train.finetune import (
     encode_pictures,
     run_fine_tune,
     run_state,
+    sample_file,
     shuffled_tags,
 )
 from brushwork.train.optimize import Optimization
@@ -62,6 +65,7 @@ class LoraTrainSettings:
     caption_dropout: float = 0.0
     shuffle_tags: bool = False  # kohya's shuffle_caption
     keep_tokens: int = 0  # tags at the front that stay in place when shuffling
+    new_words: tuple[tuple[str, str], ...] = ()  # (word, init word or ""): pivotal tuning's learnt token vectors
     seed: int = 0
     checkpoint_every: int = 100
     sample_every: int = 0  # steps between sample pictures (0: none), painted through the Engine
@@ -103,6 +107,8 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
     parameters = [p for module in trained for p in module.parameters() if p.requires_grad]
     for parameter in parameters:
         parameter.data = parameter.data.float()  # adapters train in float32 even on a float16 base
+    words = [NewWord.start(components, word, init) for word, init in settings.new_words]
+    parameters += [vectors for word in words for vectors in word.vectors]
     optimization = Optimization(parameters, lr=settings.lr, weight_decay=1e-2, settings=settings.optimization,
                                 device=device, modules=trained)
     objective = Objective(components, settings.optimization.min_snr_gamma)
@@ -112,6 +118,10 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
     if saved is not None:
         for module, weights in zip(trained, saved["adapters"]):
             module.load_state_dict(weights, strict=False)
+        with torch.no_grad():
+            for word, vectors in zip(words, saved["words"]):
+                for live, saved_vectors in zip(word.vectors, vectors):
+                    live.copy_(saved_vectors)
         optimization.load_state_dict(saved["optimization"])
         start = int(saved["step"])
 
@@ -125,23 +135,42 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
         if settings.shuffle_tags:
             captions = [shuffled_tags(caption, settings.keep_tokens, generator) for caption in captions]
         noisy, timesteps, target = objective.noisy([pictures[i] for i in batch], generator)
-        text = encode_captions(components, captions, [pictures[i].bucket for i in batch])
+        text = encode_captions(components, captions, [pictures[i].bucket for i in batch], words)
         return objective.loss(unet, noisy, timesteps, target, text)
 
     def checkpoint(done: int) -> None:
         if optimization.is_main:
             state.save("lora.pt", {"step": done, "optimization": optimization.state_dict(),
-                                   "adapters": [_adapter_weights(module) for module in trained]})
+                                   "adapters": [_adapter_weights(module) for module in trained],
+                                   "words": [[v.detach().clone() for v in word.vectors] for word in words]})
+
+    def save_words() -> None:  # for the sample painter, which finds them as embeddings of the state folder
+        for word in words:
+            path = sample_file(output, word.word)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file(_embedding_tensors(components, word), str(path))
 
     started = time.time()
     result = run_fine_tune("lora", start, settings, optimization, loss_of, checkpoint, trained,
                            RunControls(progress, should_stop, on_step), samples=state.folder / "samples", paint=paint,
-                           sample_prompt=settings.sample_prompt or pictures[0].caption, warmup=settings.warmup)
+                           sample_prompt=settings.sample_prompt or pictures[0].caption, warmup=settings.warmup,
+                           before_sample=save_words if words else None)
     optimization.finish()
     if optimization.is_main:
         metadata = _metadata(settings, components, kept, base_name, base_hash, output, started)
-        save_file(kohya_state_dict(components, settings), str(output), metadata=metadata)
+        bundled = {f"{BUNDLE_PREFIX}{word.word}.{key}": tensor for word in words
+                   for key, tensor in _embedding_tensors(components, word, bundled=True).items()}
+        save_file(kohya_state_dict(components, settings) | bundled, str(output), metadata=metadata)
     return FineTuneResult(output, settings.steps, result.losses, result.seconds, len(kept))
+
+
+def _embedding_tensors(components: Components, word: NewWord, bundled: bool = False) -> dict[str, torch.Tensor]:
+    """A new word's vectors as an embedding file holds them (`emb_params`, or SDXL's `clip_l` + `clip_g`); in a
+    LoRA file, A1111's bundled layout (`string_to_param.*` for one text encoder)."""
+    vectors = [v.detach().float().cpu().contiguous() for v in word.vectors]
+    if len(vectors) == 2:
+        return dict(zip(SDXL_KEYS, vectors))
+    return {"string_to_param.*" if bundled else "emb_params": vectors[0]}
 
 
 def _adapter_weights(module) -> dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ from typing import Iterator, Mapping
 
 import torch
 
+from brushwork.engine.embeddings import Embedding, split_bundled
 from brushwork.errors import ModelLoadError
 from brushwork.models.components import Components
 from brushwork.models.families import FAMILIES, family_display_name
@@ -146,6 +147,7 @@ class LoraFile:
     name: str
     path: Path
     layers: list[LoraLayer]
+    embeddings: tuple[Embedding, ...] = ()  # bundled with it (pivotal tuning's new words): known while it is used
 
     @property
     def kinds(self) -> set[str]:
@@ -180,7 +182,7 @@ def load_lora(path: Path, components: Components, *, allow_pickle: bool = False,
 
     A file with layers that match nothing (made for another model family, or another kind of file) is
     refused, naming the file, the first keys that match nothing and, where the file shows it, its family."""
-    state = read_state_dict(path, allow_pickle=allow_pickle)
+    embeddings, state = split_bundled(path, read_state_dict(path, allow_pickle=allow_pickle))
     targets = lora_targets(components)
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     unknown: list[str] = []
@@ -206,7 +208,11 @@ def load_lora(path: Path, components: Components, *, allow_pickle: bool = False,
     if not layers:
         raise ModelLoadError(f"LoRA {path.name} holds no layers")
     _check_shapes(path, layers, components)
-    return LoraFile(name or path.stem, path, layers)
+    widths = [encoder.config.hidden_size for encoder in components.text_encoders]
+    misfits = [embedding.name for embedding in embeddings if not embedding.fits(widths)]
+    if misfits:
+        raise ModelLoadError(f"LoRA {path.name}: its bundled embedding {misfits[0]!r} was made for other text encoders")
+    return LoraFile(name or path.stem, path, layers, tuple(embeddings))
 
 
 def _mismatch(path: Path, components: Components, state: Mapping[str, torch.Tensor],
