@@ -7,13 +7,14 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
-from brushwork.engine.embeddings import vectors_hook
+from brushwork.engine.embeddings import EmbeddingMatcher, vectors_hook
 from brushwork.errors import BrushworkError
 from brushwork.models.components import Components
 from brushwork.train.aesthetic import AestheticScorer
@@ -241,16 +242,23 @@ class NewWord:
         return cls(word, ids, vectors)
 
 
-def _word_hook(encoder, ids: torch.Tensor, words: list[NewWord], index: int):
-    """The token-embedding hook that puts each new word's vectors (of text encoder `index`) where its tokens are."""
+def _word_hook(encoder, tokenizer, ids: torch.Tensor, words: list[NewWord], index: int):
+    """The token-embedding hook that puts each new word's vectors (of text encoder `index`) where its tokens are,
+    found by the Engine's own matcher, so training places them exactly where a prompt will."""
+    by_word = {word.word: word for word in words}
+    counts = {name: SimpleNamespace(count=len(word.ids[index])) for name, word in by_word.items()}
+    matcher = EmbeddingMatcher(counts, lambda names: tokenizer(names, add_special_tokens=False).input_ids)
     rows: dict[int, list[tuple[int, torch.Tensor]]] = {}
-    tokens = ids.tolist()
-    for row, line in enumerate(tokens):
-        for word in words:
-            span = word.ids[index]
-            for position in range(len(line) - len(span) + 1):
-                if line[position: position + len(span)] == span:
-                    rows.setdefault(row, []).append((position, word.vectors[index]))
+    for row, line in enumerate(ids.tolist()):
+        position = 0
+        while position < len(line):
+            found = matcher(line, position)
+            if found is None:
+                position += 1
+                continue
+            span, _, name = found
+            rows.setdefault(row, []).append((position, by_word[name].vectors[index]))
+            position += span
     if not rows:
         return None
     return encoder.get_input_embeddings().register_forward_hook(vectors_hook(rows))
@@ -267,7 +275,7 @@ def encode_captions(components: Components, captions: list[str], sizes: list[tup
     for index, (tokenizer, encoder) in enumerate(zip(components.tokenizers, components.text_encoders)):
         ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids.to(encoder.device)
-        handle = _word_hook(encoder, ids, list(words), index) if words else None
+        handle = _word_hook(encoder, tokenizer, ids, list(words), index) if words else None
         try:
             output = encoder(ids, output_hidden_states=family.penultimate_layer)
         finally:
