@@ -194,6 +194,24 @@ def test_the_novel_split_draws_only_new_shapes_and_the_checker_reads_them() -> N
     assert parse_prompt("a large green diamond").shape == "diamond"
 
 
+def test_a_novel_colour_is_drawn_only_when_asked_and_the_checker_names_it() -> None:
+    """Brown is a colour the embedded model never saw (the LoRA proof teaches it): no ordinary scene has it, a
+    scene asked for it has only brown objects, captions say so, and the checker names it and nothing else so."""
+    rng = np.random.default_rng(11)
+    ordinary = [sample_scene(rng, "all") for _ in range(300)]
+    assert "brown" not in {o.colour for s in ordinary for o in s.objects} | {c for s in ordinary for c in s.background.colours}
+    asked = [sample_scene(rng, "train", colour="brown") for _ in range(100)]
+    assert {o.colour for s in asked for o in s.objects} == {"brown"}
+    assert all(parse_prompt(s.caption).colour == "brown" for s in asked)
+    assert all(check(render(s), s.caption).colour_ok for s in asked)
+    assert not any(o.colour == "brown" for s in ordinary[:100] for o in detect(render(s)))
+    assert {o.shape for s in asked for o in s.objects} == set(SHAPES)
+    with pytest.raises(ValueError, match="unknown object colour 'teal'"):
+        sample_scene(rng, "train", colour="teal")
+    with pytest.raises(ValueError, match="fixes its colours"):
+        sample_scene(rng, "heldout", colour="brown")
+
+
 def test_soft_hearts_without_a_visible_notch_still_read_as_hearts() -> None:
     """A painted heart is soft: blur fills its notch in, but it still points down, where a triangle points up."""
     rng = np.random.default_rng(3)

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .draw import PALETTE, SIZE_SPLIT, Expectation, Split, parse_prompt, region_of, render, sample_scene
+from .draw import COLOUR_NAMES, SIZE_SPLIT, Expectation, Split, parse_prompt, region_of, render, sample_scene
 
 BORDER = 2  # pixels of border ring (at 64x64) sampled for the background
 THRESHOLD = 30.0  # RGB distance from every background colour above which a pixel may be foreground
@@ -91,8 +91,8 @@ def _lab(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(pixels, cv2.COLOR_RGB2LAB).reshape(-1, 3)
 
 
-_NAMES = list(PALETTE)
-_PALETTE_LAB = _lab(np.array([PALETTE[n] for n in _NAMES]))
+_NAMES = list(COLOUR_NAMES)
+_PALETTE_LAB = _lab(np.array([COLOUR_NAMES[n] for n in _NAMES]))
 
 
 def colour_name(rgb: np.ndarray | tuple[int, int, int]) -> str:

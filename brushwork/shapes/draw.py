@@ -37,6 +37,12 @@ COLOURS: dict[str, RGB] = {
 }
 # Every colour a picture can contain. Grey is a background-only colour.
 PALETTE: dict[str, RGB] = {**COLOURS, "grey": (128, 128, 128)}
+# A colour the embedded model never saw, drawn only when asked for (`sample_scene(..., colour="brown")`), so
+# fine-tuning has a new colour word to teach. It sits >= 46 CIELAB units from every PALETTE colour (their
+# closest pair: 28), so the checker, which knows it, does not confuse it with them.
+NOVEL_COLOURS: dict[str, RGB] = {"brown": (140, 80, 30)}
+# Every colour the checker and the prompt parser name.
+COLOUR_NAMES: dict[str, RGB] = {**PALETTE, **NOVEL_COLOURS}
 
 # Colour/shape pairs the training sampler never draws, so evaluation can test compositional generalisation.
 HELD_OUT: frozenset[tuple[str, str]] = frozenset(
@@ -140,7 +146,16 @@ def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
     return round(float(rng.uniform(low, high)), 4)
 
 
-def _pick_pair(rng: np.random.Generator, split: Split, shape: str | None) -> tuple[str, str]:
+def _pick_pair(rng: np.random.Generator, split: Split, shape: str | None, colour: str | None) -> tuple[str, str]:
+    if colour is not None:
+        if colour not in COLOURS and colour not in NOVEL_COLOURS:
+            raise ValueError(f"unknown object colour {colour!r}; expected one of {', '.join([*COLOURS, *NOVEL_COLOURS])}")
+        if split == "heldout":
+            raise ValueError("the 'heldout' split fixes its colours; ask for a colour of another split")
+        while True:  # the split's shape, in the asked colour (a "train" pair never HELD_OUT)
+            pair = (colour, shape if shape is not None else _pick_pair(rng, split, None, None)[1])
+            if split != "train" or pair not in HELD_OUT:
+                return pair
     if shape is not None:
         if shape not in (NOVEL_SHAPES if split == "novel" else SHAPES):
             raise ValueError(f"the {split!r} split draws no {shape!r}")
@@ -182,10 +197,12 @@ def _place_many(rng: np.random.Generator, radii: list[float]) -> list[tuple[floa
     return None
 
 
-def sample_scene(rng: np.random.Generator, split: Split = "train", shape: str | None = None) -> Scene:
+def sample_scene(rng: np.random.Generator, split: Split = "train", shape: str | None = None,
+                 colour: str | None = None) -> Scene:
     """Draw a random scene. `split="train"` never yields a HELD_OUT colour/shape pair; "heldout" only those;
-    "novel" only NOVEL_SHAPES. `shape` restricts it to that one of the split's shapes."""
-    colour, shape = _pick_pair(rng, split, shape)
+    "novel" only NOVEL_SHAPES. `shape` restricts it to that one of the split's shapes; `colour` paints its
+    objects that colour (one of COLOURS or NOVEL_COLOURS)."""
+    colour, shape = _pick_pair(rng, split, shape, colour)
     count = _pick(rng, (1, 1, 1, 2, 2, 3))
     size = _pick(rng, ("small", "large"))
     others = [c for c in PALETTE if c != colour]  # never an object on its own colour
@@ -309,13 +326,13 @@ def render(scene: Scene, size: int = 64) -> Image.Image:
         box = (cut, 0, big, big) if scene.background.split == "vertical" else (0, cut, big, big)
         draw.rectangle(box, fill=PALETTE[colours[1]])
     for obj in scene.objects:
-        draw.polygon(_polygon(obj, big), fill=COLOURS[obj.colour])
+        draw.polygon(_polygon(obj, big), fill=COLOUR_NAMES[obj.colour])
     # Box filtering averages each 4x4 block: exact-coverage antialiasing with no ringing or colour overshoot.
     return image.resize((size, size), Image.Resampling.BOX)
 
 
 def make_dataset(out_dir: str | Path, count: int, seed: int, size: int = 64, split: Split = "train",
-                 shape: str | None = None) -> list[Scene]:
+                 shape: str | None = None, colour: str | None = None) -> list[Scene]:
     """Write `count` pictures as 00000.png + 00000.txt (caption) and metadata.jsonl; same seed, same bytes."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -323,7 +340,7 @@ def make_dataset(out_dir: str | Path, count: int, seed: int, size: int = 64, spl
     scenes = []
     with open(out / "metadata.jsonl", "w", encoding="utf-8", newline="\n") as meta:
         for i in range(count):
-            scene = sample_scene(rng, split, shape)
+            scene = sample_scene(rng, split, shape, colour)
             render(scene, size).save(out / f"{i:05d}.png", format="PNG")
             (out / f"{i:05d}.txt").write_text(scene.caption, encoding="utf-8")
             meta.write(json.dumps({"file": f"{i:05d}.png", **asdict(scene)}, sort_keys=True) + "\n")
@@ -351,18 +368,18 @@ def parse_prompt(text: str) -> Expectation:
     background_at = None
     if "background" in words:
         i = words.index("background")
-        before = [j for j in range(i - 1, max(i - 3, -1), -1) if words[j] in PALETTE]
-        after = [j for j in range(i + 1, min(i + 3, len(words))) if words[j] in PALETTE]
+        before = [j for j in range(i - 1, max(i - 3, -1), -1) if words[j] in COLOUR_NAMES]
+        after = [j for j in range(i + 1, min(i + 3, len(words))) if words[j] in COLOUR_NAMES]
         found = before[:1] or after[:1]  # "a blue background", else "background is blue"
         background_at = found[0] if found else None
-    colour = next((w for j, w in enumerate(words) if w in PALETTE and j != background_at), None)
+    colour = next((w for j, w in enumerate(words) if w in COLOUR_NAMES and j != background_at), None)
     shape_at = next((j for j, w in enumerate(words) if w in _SHAPE_WORDS), None)
     shape = _SHAPE_WORDS[words[shape_at]] if shape_at is not None else None
     count = None
     if shape_at is not None:
         # The number sits before the noun, past its adjectives: "two small red squares", "a pair of stars".
         j = shape_at - 1
-        while j >= 0 and (words[j] in PALETTE or words[j] in _SIZE_WORDS or words[j] == "of"):
+        while j >= 0 and (words[j] in COLOUR_NAMES or words[j] in _SIZE_WORDS or words[j] == "of"):
             j -= 1
         if j >= 0 and words[j] in _NUMBERS:
             count = _NUMBERS[words[j]]

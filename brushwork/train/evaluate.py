@@ -39,14 +39,15 @@ class EvalPrompt:
 ImageSource = Callable[[EvalPrompt, list[int]], list[Image.Image]]
 
 
-def eval_prompts(count: int, split: str, shape: str | None = None) -> list[EvalPrompt]:
-    """`count` prompts of `split` (of its `shape` alone, if given); the same arguments, the same prompts."""
+def eval_prompts(count: int, split: str, shape: str | None = None, colour: str | None = None) -> list[EvalPrompt]:
+    """`count` prompts of `split` (of its `shape` alone, in `colour` alone, if given); the same arguments, the
+    same prompts."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     rng = np.random.default_rng(PROMPT_SEEDS[split])
     prompts = []
     for _ in range(count):
-        scene = sample_scene(rng, split, shape)
+        scene = sample_scene(rng, split, shape, colour)
         prompts.append(EvalPrompt(scene.caption, scene.expectation(), split, scene))
     return prompts
 
