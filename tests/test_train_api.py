@@ -3,6 +3,9 @@ resumed after the server stops, its file in the models folder for the next pictu
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 import sqlite3
 import time
 from contextlib import closing
@@ -13,7 +16,10 @@ from safetensors.torch import load_file
 
 from brushwork.models.store import ModelStore
 from brushwork.serve.settings import Limits
-from brushwork.serve.training import TrainingQueue
+from brushwork.serve.gallery import now
+from brushwork.serve.training import TrainingJob, TrainingQueue, _Live
+from brushwork.train.jobs import TrainRequest
+from brushwork.train.state import TrainingState
 from brushwork.shapes import make_dataset
 from test_api import TEST_LIMITS, assert_clean_error, make_client, read_events, wait_done
 from tiny_models import write_tiny_checkpoint
@@ -110,11 +116,81 @@ def test_a_job_the_server_stopped_resumes_to_the_same_file(models_dir, tmp_path)
         time.sleep(0.1)
     second.stop()
     assert second.get(stopped.id).state.value == "done", second.get(stopped.id).error
+    assert second.get(stopped.id).losses == second.get(whole.id).losses  # one curve, as if never stopped
     second.close()
     resumed, uninterrupted = (load_file(models_dir / "Lora" / f"{name}.safetensors") for name in ("resumed", "whole"))
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
     for name in ("resumed", "whole"):
         (models_dir / "Lora" / f"{name}.safetensors").unlink()
+
+
+def train_until_killed(data_dir: str, models_dir: str, step: int) -> None:
+    """A server process killed (SIGKILL) while its training writes the checkpoint after `step`: the curve up to
+    `step` is saved, the state folder still holds the checkpoint before it."""
+    save = TrainingState.save
+
+    def save_or_die(state, name, payload):
+        if payload.get("step") == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        save(state, name, payload)
+
+    TrainingState.save = save_or_die
+    queue = TrainingQueue(data_dir, ModelStore(models_dir), Limits())
+    queue.start()
+    deadline = time.monotonic() + 120
+    while any(not job.state.finished for job in queue.list_jobs("me")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_a_killed_jobs_curve_goes_on_from_its_checkpoint(models_dir, tmp_path):
+    data = with_dataset(tmp_path / "data")
+    store = ModelStore(models_dir)
+    settings = LORA | {"steps": 6, "checkpoint_every": 2}
+    submitter = TrainingQueue(data, store, Limits())  # never started: submits, then reads
+    killed = submitter.submit(settings | {"output": "killed"}, "me")
+    # Forked, as test_queue's SIGKILL test: a fresh interpreter would spend most of the test importing torch.
+    child = multiprocessing.get_context("fork").Process(target=train_until_killed, args=(str(data), str(models_dir), 4))
+    child.start()
+    child.join(180)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == -signal.SIGKILL
+    cut = submitter.get(killed.id)
+    assert cut.state.value == "running" and cut.step == 4 and len(cut.losses) == 4  # checkpoint 4 never landed
+    submitter.close()
+
+    second = TrainingQueue(data, store, Limits())
+    second.start()
+    whole = second.submit(settings | {"output": "whole-curve"}, "me")
+    deadline = time.monotonic() + 180
+    while not all(second.get(job.id).state.finished for job in (killed, whole)):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    resumed, uninterrupted = ended = [second.get(job.id) for job in (killed, whole)]
+    second.close()
+    assert [job.state.value for job in ended] == ["done", "done"], [job.error for job in ended]
+    # Steps 3 and 4 ran twice (the resumed run went on from checkpoint 2) but are on the curve once.
+    assert resumed.step == 6 and resumed.loss_every == 1 and len(resumed.losses) == len(uninterrupted.losses) == 6
+    assert resumed.losses[:2] == cut.losses[:2] and resumed.losses == uninterrupted.losses
+    for name in ("killed", "whole-curve"):
+        (models_dir / "Lora" / f"{name}.safetensors").unlink()
+
+
+def test_a_thinned_curve_resumes_at_its_checkpoint():
+    # A run long enough to keep every 2nd, then every 4th point: cut at step 3003 (a checkpoint; steps up to 3010
+    # ran before the kill and are run again), it is the curve of the same run uninterrupted.
+    job = TrainingJob(id="j", owner="me", dataset="shapes", request=TrainRequest(kind="lora", output="x", steps=4100),
+                      state="running", created=now(), total=4100)
+    whole, first = _Live(job), _Live(job)
+    for step in range(1, 4101):
+        whole.add(step, float(step))
+    for step in range(1, 3011):
+        first.add(step, float(step))
+    resumed = _Live(job.model_copy(update={"losses": first.losses, "loss_every": first.every, "step": first.step}))
+    for step in range(3004, 4101):
+        resumed.add(step, float(step))
+    assert whole.every == resumed.every == 4 and resumed.losses == whole.losses
+    assert resumed.losses == [float(4 * (i + 1)) for i in range(len(whole.losses))]
 
 
 def first_state(data_dir, job_id: str) -> str:

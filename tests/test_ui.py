@@ -424,3 +424,37 @@ def test_generate_merges_the_picked_styles_when_it_submits(studio):
     with pytest.warns(UserWarning, match="unknown style 'Gone'"):  # e.g. removed from the file since
         [update] = list(generate.fn(None, "styles-test", *((form | {"styles": ["Gone"]})[name] for name in TXT2IMG_FIELDS)))
     assert "unknown style &#x27;Gone&#x27;" in update[progress]
+
+
+# -- the Train tab -----------------------------------------------------------------------------------------
+
+def test_train_tab_sends_its_new_words_to_the_request(studio, tmp_path):
+    from dataclasses import replace
+
+    from brushwork.serve.training import TrainingQueue
+    from brushwork.serve.ui import build_ui
+    from brushwork.serve.ui_studio import Studio, gr
+
+    training = TrainingQueue(tmp_path / "data", studio.store, LIMITS)  # never started: it keeps what it is sent
+    (training.datasets_dir / "circles").mkdir(parents=True)
+    [submit] = [fn for fn in build_ui(replace(studio, training=training)).fns.values()
+                if fn.name == "submit" and any(getattr(c, "elem_id", None) == "train-new-words" for c in fn.inputs)]
+
+    def send(**boxes):  # the form as the page starts, with the boxes named by their elem_id changed
+        given = {"train-dataset": "circles", "train-output": "circles-style"} | boxes
+        values = [given.get(getattr(box, "elem_id", None), box.value) for box in submit.inputs[1:]]
+        return training.get(submit.fn(None, "train-test", *values)).request
+
+    assert send(**{"train-new-words": "skscircle=round shape, sksdot"}).new_words == ["skscircle=round shape", "sksdot"]
+    assert send(**{"train-output": "no-words"}).new_words == []
+    # Hidden for another kind, the box's leftover text is not part of that run.
+    embedding = send(**{"train-kind": "embedding", "train-output": "circle-word", "train-token": "skscircle",
+                        "train-init-word": "circle", "train-new-words": "sksdot"})
+    assert embedding.kind.value == "embedding" and embedding.new_words == []
+    # A bad entry gets the request's own message, as the API and the CLI give it.
+    for text, entry in (("sks/dot", "sks/dot"), ("sksdot,", "")):
+        with pytest.raises(gr.Error) as refused:
+            send(**{"train-output": "refused", "train-new-words": text})
+        assert f"new word {entry!r} (new_words, --new-word): WORD or WORD=INIT" in refused.value.message
+    assert len(training.list_jobs("ui-train-test")) == 3
+    training.close()

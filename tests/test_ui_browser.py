@@ -222,7 +222,8 @@ def test_train_tab_trains_a_lora_and_shows_its_curve_and_samples(server, browser
             box = page.locator(f"#train-{name} input[type=number]")
             box.fill(value)
             box.press("Enter")
-        page.locator("#train-sample-prompt textarea").fill("a red circle")
+        page.locator("#train-new-words textarea").fill("skscircle=circle")
+        page.locator("#train-sample-prompt textarea").fill("a red skscircle")
         page.locator("#train-start").click()
         state = page.locator("#train-state")
         sync_api.expect(state).to_have_attribute("data-state", re.compile("done|failed|cancelled"), timeout=TIMEOUT_MS)
@@ -234,4 +235,5 @@ def test_train_tab_trains_a_lora_and_shows_its_curve_and_samples(server, browser
     finally:
         context.close()
     assert (app.state.store.models_dir / "Lora" / "ui-circles.safetensors").is_file()
-    assert len(app.state.training.list_jobs(USER)[0].losses) == 4
+    job = app.state.training.list_jobs(USER)[0]
+    assert len(job.losses) == 4 and job.request.new_words == ["skscircle=circle"]

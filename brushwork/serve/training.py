@@ -9,7 +9,8 @@ followed step by step, cancelled, and never lost.
   weights it trains), then moves the finished file into the models folder (`Lora/`, `embeddings/` or
   `Stable-diffusion/`), where every other job can use it at once.
 * A job the server was running when it stopped (or was killed) goes back to the queue and resumes from its last
-  checkpoint: the trainers' state folders make the result the same as an uninterrupted run's.
+  checkpoint: the trainers' state folders make the result the same as an uninterrupted run's. Its loss curve is
+  saved with each checkpoint, so the resumed job's curve goes on from the checkpoint's step.
 * Cancelling a running job stops it after its current step; its samples and curation report stay, its
   optimizer state is deleted.
 """
@@ -97,20 +98,24 @@ class TrainingJob(BaseModel):
 
 
 class _Live:
-    """The running job's progress (kept in memory; the database has the rest)."""
+    """The running job's progress (kept in memory; the database has the rest, and the curve as of the job's
+    last checkpoint). A resumed job starts from the curve its earlier runs saved."""
 
-    def __init__(self, total: int):
-        self.total = total
-        self.step = 0
+    def __init__(self, job: TrainingJob):
+        self.total = job.total
+        self.step = job.step
         self.first_step: int | None = None
         self.started = time.monotonic()
-        self.losses: list[float] = []
-        self.every = 1
+        self.losses: list[float] = list(job.losses)
+        self.every = job.loss_every
         self.cancelled = False
         self.shutdown = False
 
     def add(self, step: int, loss: float) -> None:
         if self.first_step is None:
+            # This run's first step follows the checkpoint it resumed from (step 1: none). A killed run may have
+            # saved points past that checkpoint; this run computes those steps again, so they go.
+            del self.losses[(step - 1) // self.every:]
             self.first_step, self.started = step, time.monotonic()
         self.step = step
         if step % self.every == 0:
@@ -123,6 +128,10 @@ class _Live:
         if done <= 0:
             return None
         return (time.monotonic() - self.started) / done * (self.total - self.step)
+
+    def curve(self) -> str:
+        """The `losses` column: point i is the loss of step (i + 1) * every."""
+        return json.dumps({"losses": self.losses, "every": self.every, "step": self.step})
 
 
 class TrainingQueue:
@@ -315,7 +324,7 @@ class TrainingQueue:
         """Run one queued job to its end (or back to the queue, when the server is stopping)."""
         with self._changed:
             job = self._job(row)
-            live = _Live(job.request.steps)
+            live = _Live(job)
             self._running = (job.id, live)
             self._db.execute("UPDATE training_jobs SET state = 'running', started = ? WHERE id = ?",
                              (now().isoformat(), job.id))
@@ -337,8 +346,9 @@ class TrainingQueue:
             self._drop_optimizer_state(job)  # before the job is seen to end
             self._finish(job.id, ending.pop("state"), losses=live, **ending)
         with self._changed:
-            if not ended:
-                self._db.execute("UPDATE training_jobs SET state = 'queued' WHERE id = ?", (job.id,))
+            if not ended:  # stopped after saving a checkpoint at its last step: the curve matches it
+                self._db.execute("UPDATE training_jobs SET state = 'queued', losses = ? WHERE id = ?",
+                                 (live.curve(), job.id))
             self._running = None
             self._bump()
 
@@ -355,6 +365,10 @@ class TrainingQueue:
         def on_step(stage: str, done: int, loss: float) -> None:
             with self._changed:
                 live.add(done, loss)
+                if done % request.checkpoint_every == 0 or done == request.steps:
+                    # The trainer checkpoints after this step (run_steps' rule); a killed server's job resumes
+                    # from there and needs the curve up to it.
+                    self._db.execute("UPDATE training_jobs SET losses = ? WHERE id = ?", (live.curve(), job.id))
                 self._bump()
 
         fine_tune(request, model, private, self.dataset_path(job.dataset), output, resume=resume, progress=False,
@@ -385,9 +399,10 @@ class TrainingQueue:
     def _finish(self, job_id: str, state: JobState, *, only_from: JobState | None = None, error: str | None = None,
                 output: str | None = None, losses: _Live | None = None) -> bool:
         with self._changed:
-            query = "UPDATE training_jobs SET state = ?, finished = ?, error = ?, output = ?, losses = ? WHERE id = ?"
-            curve = json.dumps({"losses": losses.losses, "every": losses.every, "step": losses.step}) if losses else None
-            params = [state.value, now().isoformat(), error, output, curve, job_id]
+            # Without `losses` (a queued job cancelled, a run that could not start) the curve saved so far stays.
+            query = ("UPDATE training_jobs SET state = ?, finished = ?, error = ?, output = ?, "
+                     "losses = COALESCE(?, losses) WHERE id = ?")
+            params = [state.value, now().isoformat(), error, output, losses.curve() if losses else None, job_id]
             if only_from is not None:
                 query += " AND state = ?"
                 params.append(only_from.value)

@@ -93,6 +93,8 @@ def train_tab(studio: Studio, browser: gr.BrowserState) -> None:
                     rank = gr.Number(8, label="Rank", precision=0, minimum=1, elem_id="train-rank")
                     alpha = gr.Number(8, label="Alpha", minimum=0.001)
                     text_encoder = gr.Checkbox(False, label="Train the text encoder too")
+                new_words = gr.Textbox(label="New words (pivotal tuning): WORD or WORD=INIT, comma-separated",
+                                       placeholder="sksstyle=watercolor", elem_id="train-new-words")
             with gr.Group(visible=False) as embedding_options:
                 with gr.Row():
                     token = gr.Textbox(label="Token (the new word)", elem_id="train-token")
@@ -115,16 +117,16 @@ def train_tab(studio: Studio, browser: gr.BrowserState) -> None:
             curve = gr.LinePlot(loss_curve(None), x="step", y="loss", title="Loss", height=260, elem_id="train-curve")
             samples = gr.Gallery(label="Sample pictures", columns=4, height=260, elem_id="train-samples")
     job_id = gr.State(None)
-    fields = [dataset, kind, base, output, steps, lr, resolution, batch_size, rank, alpha, text_encoder, token,
-              init_word, vectors, instance_prompt, class_prompt, class_images, sample_every, sample_prompt]
+    fields = [dataset, kind, base, output, steps, lr, resolution, batch_size, rank, alpha, text_encoder, new_words,
+              token, init_word, vectors, instance_prompt, class_prompt, class_images, sample_every, sample_prompt]
 
     @readable_errors
     def submit(request: gr.Request, browser_id: str, *values):
         names = ["dataset", "kind", "base", "output", "steps", "lr", "resolution", "batch_size", "rank", "alpha",
-                 "train_text_encoder", "token", "init_word", "vectors", "instance_prompt", "class_prompt",
-                 "class_images", "sample_every", "sample_prompt"]
+                 "train_text_encoder", "new_words", "token", "init_word", "vectors", "instance_prompt",
+                 "class_prompt", "class_images", "sample_every", "sample_prompt"]
         form = {name: value for name, value in zip(names, values) if value not in (None, "")}
-        return studio.training.submit(_numbers(form), studio.owner(request, browser_id)).id
+        return studio.training.submit(_words(_numbers(form)), studio.owner(request, browser_id)).id
 
     def watch(job: str | None):
         if job is None:
@@ -150,6 +152,15 @@ def train_tab(studio: Studio, browser: gr.BrowserState) -> None:
 
 def _datasets(studio: Studio) -> list[tuple[str, str]]:
     return [(f"{d['name']} ({d['pictures']} pictures)", d["name"]) for d in studio.training.datasets()]
+
+
+def _words(form: dict) -> dict:
+    """The new words box as the request's list (a word never holds a comma). They train with a LoRA only: for
+    another kind the box is hidden, and what it still holds is not part of the run."""
+    text = form.pop("new_words", "")
+    if text.strip() and form.get("kind") == "lora":
+        form["new_words"] = [entry.strip() for entry in text.split(",")]
+    return form
 
 
 def _numbers(form: dict) -> dict:
