@@ -84,10 +84,11 @@ def add_parser(subparsers) -> None:
     lora.set_defaults(run=run_lora)
 
     embedding = _fine_tune_parser(
-        kinds, "embedding", "textual inversion: new token vectors for an SD 1.x/2.x checkpoint",
+        kinds, "embedding", "textual inversion: new token vectors for an SD 1.x, 2.x or SDXL checkpoint",
         "Learns --vectors token vectors (starting from --init-word) on a folder of captioned pictures; the model is "
-        "not changed. A caption without the token gets it in front. The file's name is the word that calls it in a "
-        "prompt (default: TOKEN.safetensors).",
+        "not changed. A caption without the token gets it in front. The file (emb_params; on SDXL clip_l and clip_g, "
+        "one set per text encoder) loads in brushwork, A1111, ComfyUI and diffusers; its name is the word that calls "
+        "it in a prompt (default: TOKEN.safetensors).",
         "pictures with same-named .txt captions (kohya folders too)", "the embedding file (default: TOKEN.safetensors)",
         (("--vectors", int, 1, "vectors per token"), ("--steps", int, 500, "training steps"),
          ("--lr", float, 5e-3, "learning rate")))

@@ -5,10 +5,10 @@ where the name's tokens were (weights such as `(name:1.2)` apply to them as to a
 own vocabulary is never changed: during one encoding, a forward hook on its token-embedding layer overwrites
 the rows the prompt reserved for the vectors.
 
-Files as people share them: `.safetensors` with `emb_params` (SD 1.x/2.x) or `clip_l` + `clip_g` (SDXL);
-A1111's `.pt` (`string_to_param`), diffusers' `learned_embeds.bin` (`{token: vector}`), only with the pickle
-opt-in and then read with `weights_only`. A LoRA file may bundle embeddings of its own (A1111's `bundle_emb.*`
-keys, `split_bundled`): a job that uses the LoRA knows them too.
+Files as people share them: `.safetensors` with `emb_params` (SD 1.x/2.x) or `clip_l` + `clip_g` (SDXL), the
+layouts `embedding_state` writes; A1111's `.pt` (`string_to_param`), diffusers' `learned_embeds.bin`
+(`{token: vector}`), only with the pickle opt-in and then read with `weights_only`. A LoRA file may bundle
+embeddings of its own (A1111's `bundle_emb.*` keys, `split_bundled`): a job that uses the LoRA knows them too.
 """
 
 from __future__ import annotations
@@ -74,6 +74,17 @@ def embedding_from_state(name: str, path: Path, state: dict[str, torch.Tensor]) 
     if len({v.shape[0] for v in vectors}) != 1:
         raise ModelLoadError(f"embedding {path.name}: its text encoders' vectors differ in count")
     return Embedding(name, path, vectors)
+
+
+def embedding_state(vectors: list[torch.Tensor], bundled: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of an embedding file holding these vectors (one [n, width] per text encoder, in the
+    components' order): `emb_params` for one encoder, SDXL's `clip_l` + `clip_g` for two, as A1111, ComfyUI and
+    diffusers' SDXL `load_textual_inversion` read them. `bundled`: inside a LoRA file, where A1111 names one
+    encoder's vectors `string_to_param.*`."""
+    tensors = [v.detach().float().cpu().contiguous() for v in vectors]
+    if len(tensors) == len(SDXL_KEYS):
+        return dict(zip(SDXL_KEYS, tensors))
+    return {"string_to_param.*" if bundled else "emb_params": tensors[0]}
 
 
 def split_bundled(path: Path, state: dict[str, torch.Tensor]) -> tuple[list[Embedding], dict[str, torch.Tensor]]:

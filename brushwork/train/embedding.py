@@ -1,10 +1,13 @@
-"""`brushwork train embedding`: textual inversion, a few new token vectors for an SD 1.x/2.x checkpoint.
+"""`brushwork train embedding`: textual inversion, a few new token vectors for an SD 1.x, 2.x or SDXL checkpoint.
 
-Only the vectors learn; the model stays as it is. They start as the encoding of `init_word` and are placed in
-each caption where the token is, exactly as the engine places a finished embedding (engine/embeddings.py: a
-hook on the token-embedding layer, the vectors never split between chunks), so what trains is what will be
-used. A caption without the token gets it in front. The output is A1111's `.safetensors` layout
-(`emb_params` [vectors, width]); its file name is the word that calls it in a prompt.
+Only the vectors learn; the model stays as it is. Each text encoder (SDXL's CLIP-L and OpenCLIP-G both) gets
+vectors of its own, which start as `init_word`'s token embeddings in it and are placed in each caption where
+the token is, exactly as the engine places a finished embedding (engine/embeddings.py: a hook on the
+token-embedding layer, the vectors never split between chunks), so what trains is what will be used. This is
+the LoRA trainer's pivotal tuning (finetune.py's NewWord and encode_captions) without the adapters. A caption
+without the token gets it in front. The output is the `.safetensors` layout A1111 and ComfyUI share (`emb_params`
+[vectors, width]; on SDXL `clip_l` and `clip_g`, which diffusers' `load_textual_inversion` takes one encoder at
+a time); its file name is the word that calls it in a prompt.
 """
 
 from __future__ import annotations
@@ -18,17 +21,18 @@ from typing import Callable
 import torch
 from safetensors.torch import save_file
 
-from brushwork.engine.embeddings import EmbeddingMatcher, vectors_hook
+from brushwork.engine.embeddings import embedding_state
 from brushwork.errors import BrushworkError
 from brushwork.models.components import Components
-from brushwork.prompts import build_chunks
 from brushwork.train.finetune import (
     Curation,
     FineTuneResult,
+    NewWord,
     Objective,
     RunControls,
     batch_order,
     curated_examples,
+    encode_captions,
     encode_pictures,
     run_fine_tune,
     run_state,
@@ -54,13 +58,6 @@ class EmbeddingTrainSettings:
     optimization: StepSettings = StepSettings()
 
 
-class _Learnt:
-    """What the prompt matcher needs to know of the embedding being trained: how many vectors it has."""
-
-    def __init__(self, count: int):
-        self.count = count
-
-
 def train_embedding(components: Components, data_dir: Path, output: Path, settings: EmbeddingTrainSettings, *,
                     base_hash: str, resume: bool = False, progress: bool = True,
                     should_stop: Callable[[], bool] | None = None,
@@ -68,8 +65,6 @@ def train_embedding(components: Components, data_dir: Path, output: Path, settin
                     paint: Callable[[str, int, int], object] | None = None) -> FineTuneResult:
     """`paint(prompt, seed, size)` paints through the Engine with the embeddings folder and `sample_file(output, token)`:
     the sample pictures every `sample_every` steps (the state folder's samples/), the vectors saved there first."""
-    if components.model_family.size_conditioning:
-        raise BrushworkError("train embedding: SDXL bases are not supported yet; use an SD 1.x or 2.x checkpoint")
     if not settings.token.strip() or settings.vectors < 1 or settings.steps < 1:
         raise BrushworkError("train embedding: give a --token, and --vectors and --steps of at least 1")
     state = run_state(output, {"settings": asdict(settings), "base": base_hash, "data": str(Path(data_dir).resolve())},
@@ -82,30 +77,22 @@ def train_embedding(components: Components, data_dir: Path, output: Path, settin
         if not re.search(rf"(?<![\w-]){re.escape(settings.token)}(?![\w-])", picture.caption):
             picture.caption = f"{settings.token}, {picture.caption}"
 
-    tokenizer, text_encoder, unet = components.tokenizers[0], components.text_encoders[0], components.unet
-    layer = getattr(text_encoder, "text_model", text_encoder).embeddings.token_embedding
-
-    def tokenize(pieces: list[str]) -> list[list[int]]:
-        return tokenizer(pieces, add_special_tokens=False, truncation=False).input_ids
-
-    init_ids = tokenize([settings.init_word])[0]
-    if not init_ids:
-        raise BrushworkError(f"--init-word {settings.init_word!r} has no tokens")
-    with torch.no_grad():
-        start_vectors = layer.weight[torch.tensor(init_ids, device=layer.weight.device)].float()
-    vectors = start_vectors.mean(0, keepdim=True).repeat(settings.vectors, 1).clone().requires_grad_(True)
-    device = unet.device
-    optimization = Optimization([vectors], lr=settings.lr, weight_decay=0.0, settings=settings.optimization,
-                                device=device, modules=[unet, text_encoder])
+    word = NewWord.start(components, settings.token, settings.init_word, settings.vectors)
+    unet = components.unet
+    optimization = Optimization(word.vectors, lr=settings.lr, weight_decay=0.0, settings=settings.optimization,
+                                device=unet.device, modules=[unet, *components.text_encoders])
     objective = Objective(components, settings.optimization.min_snr_gamma)
-    matcher = EmbeddingMatcher({settings.token: _Learnt(settings.vectors)}, tokenize)
-    comma = tokenizer.convert_tokens_to_ids(",</w>")
 
     start = 0
     saved = state.load("embedding.pt") if resume else None
     if saved is not None:
+        if not isinstance(saved["vectors"], list) or len(saved["vectors"]) != len(word.vectors):
+            # Before SDXL support the state held one tensor; copying it would broadcast into the wrong layout.
+            raise BrushworkError(f"train embedding: the saved state in {state.folder} is of an older layout; "
+                                 "start again without --resume")
         with torch.no_grad():
-            vectors.copy_(saved["vectors"])
+            for live, vectors in zip(word.vectors, saved["vectors"]):
+                live.copy_(vectors)
         optimization.load_state_dict(saved["optimization"])
         start = int(saved["step"])
     order = batch_order(pictures, settings.batch_size, settings.seed)
@@ -113,37 +100,28 @@ def train_embedding(components: Components, data_dir: Path, output: Path, settin
     def loss_of(micro: int) -> torch.Tensor:
         batch = order(micro)
         generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + micro)
-        chunks = [build_chunks(pictures[i].caption, tokenize, bos_id=tokenizer.bos_token_id,
-                               eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-                               comma_id=None if comma == tokenizer.unk_token_id else comma,
-                               find_embedding=matcher)[0] for i in batch]  # the first chunk, as trainers use
-        ids = torch.tensor([chunk.tokens for chunk in chunks], device=device)
         noisy, timesteps, target = objective.noisy([pictures[i] for i in batch], generator)
-        rows = {row: [(position, vectors) for position, _ in chunk.fixes] for row, chunk in enumerate(chunks)}
-        handle = layer.register_forward_hook(vectors_hook(rows))
-        try:
-            context = text_encoder(ids)[0]
-        finally:
-            handle.remove()
-        return objective.loss(unet, noisy, timesteps, target, context)
+        text = encode_captions(components, [pictures[i].caption for i in batch], [pictures[i].bucket for i in batch],
+                               [word])
+        return objective.loss(unet, noisy, timesteps, target, text)
 
     def checkpoint(done: int) -> None:
         if optimization.is_main:
-            state.save("embedding.pt", {"step": done, "vectors": vectors.detach().clone(),
+            state.save("embedding.pt", {"step": done, "vectors": [v.detach().clone() for v in word.vectors],
                                         "optimization": optimization.state_dict()})
 
     result = run_fine_tune("embedding", start, settings, optimization, loss_of, checkpoint, [],
                            RunControls(progress, should_stop, on_step), samples=state.folder / "samples", paint=paint,
                            sample_prompt=settings.sample_prompt or pictures[0].caption,
-                           before_sample=lambda: _save_vectors(vectors, sample_file(output, settings.token), {}))
+                           before_sample=lambda: _save_vectors(word, sample_file(output, settings.token), {}))
     metadata = {"token": settings.token, "init_word": settings.init_word, "step": str(settings.steps),
                 "sd_checkpoint": base_hash[:10], "trained_at": f"{time.time():.0f}"}
     optimization.finish()
     if optimization.is_main:
-        _save_vectors(vectors, output, metadata)
+        _save_vectors(word, output, metadata)
     return FineTuneResult(output, settings.steps, result.losses, result.seconds, len(kept))
 
 
-def _save_vectors(vectors: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
+def _save_vectors(word: NewWord, path: Path, metadata: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"emb_params": vectors.detach().float().cpu().contiguous()}, str(path), metadata=metadata)
+    save_file(embedding_state(word.vectors), str(path), metadata=metadata)

@@ -17,6 +17,7 @@ from PIL import Image
 from brushwork.engine.embeddings import EmbeddingMatcher, vectors_hook
 from brushwork.errors import BrushworkError
 from brushwork.models.components import Components
+from brushwork.prompts import build_chunks
 from brushwork.train.aesthetic import AestheticScorer
 from brushwork.train.curation import CurationSettings, curate
 from brushwork.train.dataset import Example, fit_to_bucket, make_buckets, nearest_bucket, scan_folder
@@ -217,65 +218,72 @@ class TextConditioning:
 
 @dataclass
 class NewWord:
-    """A word the base model does not know whose token vectors learn with a LoRA (pivotal tuning): for each
-    text encoder, the word's token ids and the vectors that stand in for them, as a bundled embedding will."""
+    """A word the base model does not know whose token vectors learn: with a LoRA (pivotal tuning) or alone
+    (textual inversion). For each text encoder, the vectors that stand in for the word, as its embedding will."""
 
     word: str
-    ids: list[list[int]]
-    vectors: list[torch.Tensor]
+    vectors: list[torch.Tensor]  # [count, width] per text encoder
 
     @classmethod
-    def start(cls, components: Components, word: str, init: str) -> "NewWord":
-        """Vectors starting as `init`'s (its tokens' mean, once per token of `word`), or as the word's own."""
-        ids, vectors = [], []
+    def start(cls, components: Components, word: str, init: str, count: int = 0) -> "NewWord":
+        """`count` vectors per text encoder (0: one per token of `word`), starting as `init`'s token embeddings
+        in that encoder (their mean, repeated, when `init` has another number of tokens), or as the word's own."""
+        vectors = []
         for tokenizer, encoder in zip(components.tokenizers, components.text_encoders):
             word_ids = tokenizer(word, add_special_tokens=False).input_ids
             init_ids = tokenizer(init, add_special_tokens=False).input_ids if init else word_ids
-            if not word_ids or not init_ids:
-                raise BrushworkError(f"--new-word {word}={init}: it has no tokens")
+            if not word_ids:
+                raise BrushworkError(f"the new word {word!r} has no tokens")
+            if not init_ids:
+                raise BrushworkError(f"the word {init!r} to start {word!r} from has no tokens")
+            places = count or len(word_ids)
             table = encoder.get_input_embeddings().weight
             with torch.no_grad():
                 rows = table[torch.tensor(init_ids, device=table.device)].float()
-                start = rows if len(init_ids) == len(word_ids) else rows.mean(0, keepdim=True).repeat(len(word_ids), 1)
-            ids.append(word_ids)
+                start = rows if len(init_ids) == places else rows.mean(0, keepdim=True).repeat(places, 1)
             vectors.append(start.clone().requires_grad_(True))
-        return cls(word, ids, vectors)
+        return cls(word, vectors)
 
 
-def _word_hook(encoder, tokenizer, ids: torch.Tensor, words: list[NewWord], index: int):
-    """The token-embedding hook that puts each new word's vectors (of text encoder `index`) where its tokens are,
-    found by the Engine's own matcher, so training places them exactly where a prompt will."""
+def _placed_words(tokenizer, captions: list[str], words: list[NewWord],
+                  index: int) -> tuple[list[list[int]], dict[int, list[tuple[int, torch.Tensor]]]]:
+    """The captions' token ids as the Engine chunks a prompt (the first chunk, as trainers use), and where each
+    new word's vectors (of text encoder `index`) go: a word takes as many places as it has vectors, found by the
+    Engine's own matcher, so training places them exactly where a prompt will."""
     by_word = {word.word: word for word in words}
-    counts = {name: SimpleNamespace(count=len(word.ids[index])) for name, word in by_word.items()}
-    matcher = EmbeddingMatcher(counts, lambda names: tokenizer(names, add_special_tokens=False).input_ids)
-    rows: dict[int, list[tuple[int, torch.Tensor]]] = {}
-    for row, line in enumerate(ids.tolist()):
-        position = 0
-        while position < len(line):
-            found = matcher(line, position)
-            if found is None:
-                position += 1
-                continue
-            span, _, name = found
-            rows.setdefault(row, []).append((position, by_word[name].vectors[index]))
-            position += span
-    if not rows:
-        return None
-    return encoder.get_input_embeddings().register_forward_hook(vectors_hook(rows))
+    counts = {name: SimpleNamespace(count=word.vectors[index].shape[0]) for name, word in by_word.items()}
+
+    def tokenize(pieces: list[str]) -> list[list[int]]:
+        return tokenizer(pieces, add_special_tokens=False, truncation=False).input_ids
+
+    matcher = EmbeddingMatcher(counts, tokenize)
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
+    chunks = [build_chunks(caption, tokenize, bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id,
+                           pad_id=tokenizer.pad_token_id, comma_id=None if comma == tokenizer.unk_token_id else comma,
+                           find_embedding=matcher)[0] for caption in captions]
+    rows = {row: [(position, by_word[name].vectors[index]) for position, name in chunk.fixes]
+            for row, chunk in enumerate(chunks) if chunk.fixes}
+    return [chunk.tokens for chunk in chunks], rows
 
 
 def encode_captions(components: Components, captions: list[str], sizes: list[tuple[int, int]],
                     words: list[NewWord] = ()) -> TextConditioning:
     """The captions as the Engine conditions on a prompt of one chunk: every text encoder's hidden states (the
     family's layer) side by side; on SDXL also the second encoder's pooled embedding and the size ids, which
-    say each picture was its bucket's size, uncropped (`sizes` are (width, height)). `words` put their vectors
-    where their tokens are."""
+    say each picture was its bucket's size, uncropped (`sizes` are (width, height)). With `words`, the captions
+    are chunked as the Engine chunks a prompt and each word's vectors put where it is (`_placed_words`)."""
     family = components.model_family
     contexts, pooled = [], None
     for index, (tokenizer, encoder) in enumerate(zip(components.tokenizers, components.text_encoders)):
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids.to(encoder.device)
-        handle = _word_hook(encoder, tokenizer, ids, list(words), index) if words else None
+        # A word may take more or fewer places than its tokens (textual inversion's vectors), as in a prompt;
+        # captions without new words are read as kohya's trainers read them.
+        if words:
+            ids, rows = _placed_words(tokenizer, captions, list(words), index)
+        else:
+            ids, rows = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                                  truncation=True).input_ids, {}
+        ids = torch.tensor(ids, device=encoder.device)
+        handle = encoder.get_input_embeddings().register_forward_hook(vectors_hook(rows)) if rows else None
         try:
             output = encoder(ids, output_hidden_states=family.penultimate_layer)
         finally:

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from safetensors.torch import save_file
 
-from brushwork.engine.embeddings import BUNDLE_PREFIX, SDXL_KEYS
+from brushwork.engine.embeddings import BUNDLE_PREFIX, embedding_state
 from brushwork.errors import BrushworkError
 from brushwork.models.components import Components
 from brushwork.train.finetune import (
@@ -148,7 +148,7 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
         for word in words:
             path = sample_file(output, word.word)
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_file(_embedding_tensors(components, word), str(path))
+            save_file(embedding_state(word.vectors), str(path))
 
     started = time.time()
     result = run_fine_tune("lora", start, settings, optimization, loss_of, checkpoint, trained,
@@ -159,18 +159,9 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
     if optimization.is_main:
         metadata = _metadata(settings, components, kept, base_name, base_hash, output, started)
         bundled = {f"{BUNDLE_PREFIX}{word.word}.{key}": tensor for word in words
-                   for key, tensor in _embedding_tensors(components, word, bundled=True).items()}
+                   for key, tensor in embedding_state(word.vectors, bundled=True).items()}
         save_file(kohya_state_dict(components, settings) | bundled, str(output), metadata=metadata)
     return FineTuneResult(output, settings.steps, result.losses, result.seconds, len(kept))
-
-
-def _embedding_tensors(components: Components, word: NewWord, bundled: bool = False) -> dict[str, torch.Tensor]:
-    """A new word's vectors as an embedding file holds them (`emb_params`, or SDXL's `clip_l` + `clip_g`); in a
-    LoRA file, A1111's bundled layout (`string_to_param.*` for one text encoder)."""
-    vectors = [v.detach().float().cpu().contiguous() for v in word.vectors]
-    if len(vectors) == 2:
-        return dict(zip(SDXL_KEYS, vectors))
-    return {"string_to_param.*" if bundled else "emb_params": vectors[0]}
 
 
 def _adapter_weights(module) -> dict[str, torch.Tensor]:
