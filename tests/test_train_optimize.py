@@ -1,14 +1,17 @@
 """How fine-tuning steps are taken (train/optimize.py): gradient accumulation is the mean of its micro-batches,
 the EMA is the saved weights, bf16 autocasts, gradient checkpointing leaves the result unchanged, fp16 on the
-CPU is refused with a message, a run with all of them on still resumes to the same weights, and two processes
-train what one does."""
+CPU is refused with a message, a run with all of them on still resumes to the same weights, two processes
+train what one does, and a stop that one process sees stops both after the same step."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,6 +20,8 @@ from safetensors.torch import load_file
 from brushwork.cli import main
 from brushwork.errors import BrushworkError
 from brushwork.shapes import make_dataset
+from brushwork.train.finetune import RunControls, run_fine_tune
+from brushwork.train.loop import TrainingInterrupted
 from brushwork.train.optimize import Optimization
 from brushwork.train.settings import StepSettings
 from tiny_models import tiny_components, write_tiny_checkpoint
@@ -139,25 +144,85 @@ def test_fp16_on_the_cpu_is_a_clear_error(setup, tmp_path, capsys):
     assert "fp16 needs a GPU" in capsys.readouterr().err
 
 
+def two_processes(program: list[str], port: int, timeout: float) -> subprocess.CompletedProcess:
+    """`python PROGRAM` twice, as `accelerate launch` starts one process per GPU through torch's launcher: here
+    two CPU processes (gloo) in network and process namespaces of their own, the network only loopback. A run
+    past `timeout` is killed, and with it (the namespace's first process gone) every process it started, so a
+    hang fails the test instead of stalling it or leaving processes behind."""
+    launch = shlex.join([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                         "--master_addr", "127.0.0.1", "--master_port", str(port), *program])
+    return subprocess.run(["unshare", "-rn", "--pid", "--fork", "--kill-child", "sh", "-c",
+                           f"ip link set lo up && {launch}"], capture_output=True, text=True, timeout=timeout,
+                          env=os.environ | {"GLOO_SOCKET_IFNAME": "lo"})
+
+
 def test_two_processes_train_what_one_does_with_accumulation(setup, tmp_path):
-    """`accelerate launch` starts one process per GPU through torch's launcher; here two CPU processes (gloo) in
-    a network namespace of their own that has only loopback. Each trains half of every step's micro-batches
-    and their gradients are averaged: the same LoRA as one process accumulating both micro-batches."""
+    """Each of two launched processes trains half of every step's micro-batches and their gradients are
+    averaged: the same LoRA as one process accumulating both micro-batches."""
     root, models = setup
     common = [str(root / "shapes"), "--base", "tiny", "--models-dir", str(models), *FLAGS, "--steps", "3"]
     one = tmp_path / "one.safetensors"
     assert main(["train", "lora", *common, "-o", str(one), "--gradient-accumulation", "2"]) == 0
     two = tmp_path / "two.safetensors"
-    launch = shlex.join([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                         "--master_addr", "127.0.0.1", "--master_port", "29541",
-                         "-m", "brushwork", "train", "lora", *common, "-o", str(two)])
-    run = subprocess.run(["unshare", "-rn", "sh", "-c", f"ip link set lo up && {launch}"], capture_output=True,
-                         text=True, timeout=300, env=os.environ | {"GLOO_SOCKET_IFNAME": "lo"})
+    run = two_processes(["-m", "brushwork", "train", "lora", *common, "-o", str(two)], port=29541, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count(str(two)) == 1  # only the main process reports (and writes)
     first, second = load_file(one), load_file(two)
     assert first.keys() == second.keys()
     assert all(torch.allclose(first[k], second[k], atol=1e-5) for k in first)
+
+
+def stop_seen_by_rank_one(stop_after: int, folder: Path) -> None:
+    """One process of test_a_stop_seen_by_one_process_stops_them_all (run as this file's main): the fine-tuning
+    step loop over a tiny layer, where only rank 1 asks to stop, after step `stop_after` of 10. Its checkpoint
+    writes as the trainers' do (the main process only), into `folder`; it prints what it did as JSON."""
+    layer = _linear()
+    steps = Optimization(layer.parameters(), lr=0.1, weight_decay=0.0, device="cpu", settings=StepSettings())
+    rank = steps.processes.process_index
+    done, checkpoints = [], []
+
+    def checkpoint(step: int) -> None:
+        checkpoints.append(step)
+        if steps.is_main:
+            with (folder / f"checkpoint-{step}").open("a") as written:
+                written.write(f"{rank}\n")
+
+    controls = RunControls(progress=False, should_stop=lambda: rank == 1 and len(done) >= stop_after,
+                           on_step=lambda stage, step, loss: done.append(step))
+    settings = SimpleNamespace(steps=10, lr=0.1, checkpoint_every=0, sample_every=0, seed=0, resolution=64)
+    try:
+        run_fine_tune("stop", 0, settings, steps, _micro_loss(layer), checkpoint, [layer], controls,
+                      samples=folder / "samples")
+        stopped = None
+    except TrainingInterrupted as interrupted:
+        stopped = interrupted.step
+    print(json.dumps({"rank": rank, "stopped": stopped, "steps": done, "checkpoints": checkpoints,
+                      "weights": [p.detach().flatten().tolist() for p in layer.parameters()]}), flush=True)
+
+
+def test_a_stop_seen_by_one_process_stops_them_all(tmp_path):
+    """Under `accelerate launch` a Ctrl-C or a cancel may reach one process only. Both processes leave the loop
+    after the same step (a process going on alone would wait forever in the next gradient all-reduce), with the
+    same weights, and the stop's checkpoint is written once, by the main process, at that step."""
+    run = two_processes([__file__, "3", str(tmp_path)], port=29542, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    reports = sorted((json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")),
+                     key=lambda report: report["rank"])
+    assert [report["rank"] for report in reports] == [0, 1]
+    for report in reports:
+        assert report["stopped"] == 3 and report["steps"] == [1, 2, 3] and report["checkpoints"] == [3]
+    assert reports[0]["weights"] == reports[1]["weights"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint-3"]
+    assert (tmp_path / "checkpoint-3").read_text() == "0\n"
+
+
+def test_one_process_asks_its_own_stop_request():
+    """Not launched: the stop request is the caller's own callable (no collective, nothing added per step)."""
+    steps = Optimization(_linear().parameters(), lr=0.1, weight_decay=0.0, device="cpu", settings=StepSettings())
+    def ask() -> bool:
+        return False
+
+    assert steps.stop_together(ask) is ask and steps.stop_together(None) is None
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
@@ -184,3 +249,7 @@ def test_min_snr_weights_each_pictures_loss(prediction):
     per_picture = torch.tensor([1.0, 4.0, 9.0])
     assert objective.loss(unet, target, timesteps, target, context) == pytest.approx(float((per_picture * weights).mean()))
     assert plain.loss(unet, target, timesteps, target, context) == pytest.approx(float(per_picture.mean()))
+
+
+if __name__ == "__main__":  # one of the processes two_processes starts for the stop test
+    stop_seen_by_rank_one(int(sys.argv[1]), Path(sys.argv[2]))

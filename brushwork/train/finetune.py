@@ -163,8 +163,9 @@ def run_fine_tune(stage: str, start: int, settings, optimization: Optimization, 
         module.train()
     try:
         return run_steps(stage, start, settings.steps, step, LoopHooks(
-            checkpoint=checkpoint, checkpoint_every=settings.checkpoint_every, should_stop=controls.should_stop,
-            on_step=controls.on_step, progress=controls.progress, sample=sample, sample_every=settings.sample_every))
+            checkpoint=checkpoint, checkpoint_every=settings.checkpoint_every,
+            should_stop=optimization.stop_together(controls.should_stop), on_step=controls.on_step,
+            progress=controls.progress, sample=sample, sample_every=settings.sample_every))
     finally:
         for module in trained:
             module.eval()

@@ -112,6 +112,21 @@ class Optimization:
             self.ema.update(self.parameters, step)
         return float(total) / len(micros)
 
+    def stop_together(self, should_stop: Callable[[], bool] | None) -> Callable[[], bool] | None:
+        """`should_stop` as the launched processes answer it together: True in every process when it is True in
+        any, so all leave the step loop after the same step. A stop seen by one process alone (its Ctrl-C, a
+        signal) would leave the others waiting forever in the next step's gradient all-reduce. One process asks
+        `should_stop` itself: no collective, nothing changed."""
+        if should_stop is None or self.processes.num_processes == 1:
+            return should_stop
+        from accelerate.utils import reduce
+
+        def any_process() -> bool:
+            wanted = torch.tensor(float(should_stop()), device=self.device)
+            return bool(reduce(wanted, reduction="max"))
+
+        return any_process
+
     def state_dict(self) -> dict:
         state = {"optimizer": self.optimizer.state_dict()}
         if self.scaler is not None:
