@@ -86,6 +86,53 @@ class LoraUse(BaseModel):
         return self.weight, self.weight if self.unet_weight is None else self.unet_weight
 
 
+ControlMode = Literal["Balanced", "My prompt is more important", "ControlNet is more important"]
+ControlResize = Literal["Just Resize", "Crop and Resize", "Resize and Fill"]
+CONTROL_MODES: tuple[str, ...] = ControlMode.__args__
+
+
+class ControlUnit(BaseModel):
+    """One ControlNet or T2I-Adapter unit, with the A1111 ControlNet extension's settings and meanings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=255, description="File or folder name below ControlNet/ "
+                       "(A1111's \"name [hash]\" works too).")
+    image: str | None = Field(None, description="The unit's picture; None uses the init image (img2img).")
+    module: str = Field("none", description="The preprocessor run on the picture first (A1111's module names).")
+    weight: float = Field(1.0, ge=0.0, le=2.0)
+    guidance_start: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of the steps where the unit starts.")
+    guidance_end: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of the steps where it stops.")
+    control_mode: ControlMode = "Balanced"
+    resize_mode: ControlResize = "Crop and Resize"
+    processor_res: int = Field(512, ge=64, le=4096, description="The preprocessor's working size (short side).")
+    threshold_a: float | None = Field(None, description="The module's first setting (canny: low threshold).")
+    threshold_b: float | None = Field(None, description="The module's second setting (canny: high threshold).")
+    pixel_perfect: bool = Field(False, description="Pick processor_res from the picture and output sizes.")
+
+    @field_validator("control_mode", mode="before")
+    @classmethod
+    def _mode_by_number(cls, value: object) -> object:
+        # The extension's API takes the mode's index too (0, 1, 2).
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(CONTROL_MODES):
+            return CONTROL_MODES[value]
+        return value
+
+    @field_validator("resize_mode", mode="before")
+    @classmethod
+    def _resize_by_alias(cls, value: object) -> object:
+        from brushwork.control.preprocessors import resize_mode_name
+
+        return resize_mode_name(value) if isinstance(value, (int, str)) else value
+
+    @model_validator(mode="after")
+    def _start_before_end(self) -> "ControlUnit":
+        if self.guidance_start > self.guidance_end:
+            raise ValueError(f"guidance_start ({self.guidance_start}) must not be after guidance_end "
+                             f"({self.guidance_end})")
+        return self
+
+
 class SdUpscale(BaseModel):
     """A1111's "SD upscale" img2img script: upscale the init picture by `scale` with `upscaler`, repaint it in
     tiles of the recipe's width x height overlapping by `overlap` pixels, and blend the tiles back together."""
@@ -138,6 +185,8 @@ class Recipe(BaseModel):
     outpaint: Outpaint | None = None
     hires: Hires | None = None
     sd_upscale: SdUpscale | None = Field(None, description="img2img only: A1111's SD upscale script (needs init_image).")
+    control_units: list[ControlUnit] = Field(default_factory=list, max_length=8,
+                                             description="ControlNet / T2I-Adapter units, all applied together.")
 
     _sizes = field_validator("width", "height")(classmethod(lambda cls, v: _check_multiple_of_8(v)))
     _sampler = field_validator("sampler")(classmethod(lambda cls, v: _check_sampler(v)))
@@ -154,6 +203,11 @@ class Recipe(BaseModel):
             raise ValueError("outpaint makes its own mask; give either mask or outpaint")
         if self.sd_upscale is not None:
             self._check_sd_upscale(self.sd_upscale)
+        if self.init_image is None:
+            for index, unit in enumerate(self.control_units):
+                if unit.image is None:
+                    raise ValueError(f"control_units.{index}.image: give the unit a picture (only img2img "
+                                     "falls back to the init image)")
         return self
 
     def _check_sd_upscale(self, settings: SdUpscale) -> None:

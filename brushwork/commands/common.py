@@ -29,6 +29,38 @@ def parse_lora(text: str) -> dict[str, object]:
     return fields
 
 
+# `--control` keys -> ControlUnit fields, and the short words it takes for modes.
+CONTROL_KEYS = {"model": "model", "image": "image", "module": "module", "weight": "weight", "start": "guidance_start",
+                "end": "guidance_end", "mode": "control_mode", "resize": "resize_mode", "res": "processor_res",
+                "a": "threshold_a", "b": "threshold_b", "pixel-perfect": "pixel_perfect"}
+CONTROL_MODE_WORDS = {"balanced": "Balanced", "prompt": "My prompt is more important",
+                      "control": "ControlNet is more important"}
+CONTROL_RESIZE_WORDS = {"just": "Just Resize", "crop": "Crop and Resize", "fill": "Resize and Fill"}
+
+
+def parse_control(text: str) -> dict[str, object]:
+    """`--control model=NAME,image=PATH[,module=canny][,weight=1][,start=0][,end=1][,mode=balanced|prompt|control]
+    [,resize=just|crop|fill][,res=512][,a=LOW][,b=HIGH][,pixel-perfect]` as ControlUnit fields."""
+    fields: dict[str, object] = {}
+    for part in filter(None, (piece.strip() for piece in text.split(","))):
+        key, has_value, value = part.partition("=")
+        field = CONTROL_KEYS.get(key.strip().lower())
+        if field is None:
+            raise BrushworkError(f"--control: unknown key {key!r} in {text!r}; keys: {', '.join(CONTROL_KEYS)}")
+        value = value.strip()
+        if field == "pixel_perfect":
+            fields[field] = not has_value or value.lower() in ("1", "true", "yes", "on")
+        elif field == "control_mode":
+            fields[field] = CONTROL_MODE_WORDS.get(value.lower(), value)
+        elif field == "resize_mode":
+            fields[field] = CONTROL_RESIZE_WORDS.get(value.lower(), value)
+        else:
+            fields[field] = value
+    if "model" not in fields:
+        raise BrushworkError(f"--control: give the unit's model, e.g. model=control_canny,image=edges.png (got {text!r})")
+    return fields
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)

@@ -10,7 +10,7 @@ import threading
 from contextlib import closing
 from pathlib import Path
 
-from brushwork.commands.common import add_model_options, parse_lora
+from brushwork.commands.common import add_model_options, parse_control, parse_lora
 from brushwork.errors import BrushworkError
 from brushwork.output import next_output_path, read_png_info, save_png
 from brushwork.recipe import Recipe
@@ -75,6 +75,11 @@ def add_parser(subparsers) -> None:
     img2img.add_argument("--only-masked-padding", dest="inpaint_full_res_padding", type=int, default=None)
     img2img.add_argument("--outpaint", default=None, metavar="SIDES",
                          help="extend the canvas, e.g. 'left=128,bottom=64' (multiples of 8)")
+    control = generate.add_argument_group("ControlNet and T2I-Adapter (models in --models-dir's ControlNet/)")
+    control.add_argument("--control", dest="controls", action="append", default=[], metavar="UNIT",
+                         help="a unit: model=NAME,image=PATH[,module=canny][,weight=1][,start=0][,end=1]"
+                              "[,mode=balanced|prompt|control][,resize=just|crop|fill][,res=512][,a=LOW][,b=HIGH]"
+                              "[,pixel-perfect]; repeatable, one per unit")
     hires = generate.add_argument_group("hires fix (txt2img)")
     hires.add_argument("--hires-scale", type=float, default=None, help="turn hires fix on: upscale by this factor")
     hires.add_argument("--hires-resize", default=None, metavar="WxH", help="turn hires fix on: upscale to this size")
@@ -103,6 +108,8 @@ def recipe_from_args(args: argparse.Namespace) -> tuple[Recipe, int | None]:
         given["hires"] = hires
     if args.loras:
         given["loras"] = [parse_lora(text) for text in args.loras]
+    if args.controls:
+        given["control_units"] = [parse_control(text) for text in args.controls]
     if args.from_png is None:
         if "prompt" not in given and not args.styles:
             raise BrushworkError("give a prompt, e.g. brushwork generate \"a red circle on a blue background\"")

@@ -98,8 +98,11 @@ class Engine:
     def __init__(self, store: ModelStore, extension_providers: Sequence[ExtensionProvider] = ()):
         from brushwork.upscale import FaceNetworkCache, NetworkCache
 
+        from brushwork.control.units import ControlUnits
+
         self.store = store
-        self.extension_providers = list(extension_providers)
+        self.controls = ControlUnits(store)  # the recipes' ControlNet and T2I-Adapter units
+        self.extension_providers = [self.controls, *extension_providers]
         self.loras = LoraCache(max_loaded=16)
         self.embeddings = EmbeddingLibrary(lambda: [entry.path for entry in store.entries("embedding")],
                                            allow_pickle=store.allow_pickle)

@@ -47,30 +47,37 @@ class DenoiseContext:
         pictures = range(self.images) if images is None else images
         return [half * self.images + image for half in range(self.halves) for image in pictures]
 
-    def add_residuals(self, down: Sequence[torch.Tensor], mid: torch.Tensor | None, rows: list[int]) -> None:
-        """Add ControlNet-style residuals computed for `rows` only; the other rows get none. Residuals of
-        several extensions add up, as diffusers' MultiControlNet sums its nets'. Without a `mid` residual the
-        mid block gets zeros: diffusers reads down residuals alone as a T2I-Adapter's, at other places."""
+    def _widen(self, residual: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """A tensor made for `rows` as one for the whole batch: zeros in the other rows."""
         batch = self.model_input.shape[0]
+        if len(rows) == batch:
+            return residual
         index = torch.tensor(rows, device=self.model_input.device)
+        return residual.new_zeros((batch, *residual.shape[1:])).index_copy(0, index, residual)
 
-        def widen(residual: torch.Tensor) -> torch.Tensor:
-            if len(rows) == batch:
-                return residual
-            full = residual.new_zeros((batch, *residual.shape[1:]))
-            return full.index_copy(0, index, residual)
-
-        previous = self.unet_kwargs.get("down_block_additional_residuals")
-        widened = [widen(residual) for residual in down]
+    def _sum_into(self, key: str, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        previous = self.unet_kwargs.get(key)
         if previous is not None:
-            widened = [old + new for old, new in zip(previous, widened, strict=True)]
-        self.unet_kwargs["down_block_additional_residuals"] = widened
+            tensors = [old + new for old, new in zip(previous, tensors, strict=True)]
+        self.unet_kwargs[key] = tensors
+        return tensors
+
+    def add_residuals(self, down: Sequence[torch.Tensor], mid: torch.Tensor | None, rows: list[int]) -> None:
+        """Add ControlNet-style residuals (to the skip connections) computed for `rows` only; the other rows get
+        none. Residuals of several extensions add up, as diffusers' MultiControlNet sums its nets'. Without a
+        `mid` residual the mid block gets zeros: diffusers would read down residuals alone as an adapter's."""
+        widened = self._sum_into("down_block_additional_residuals", [self._widen(r, rows) for r in down])
         previous_mid = self.unet_kwargs.get("mid_block_additional_residual")
         if mid is not None:
-            mid = widen(mid)
+            mid = self._widen(mid, rows)
             self.unet_kwargs["mid_block_additional_residual"] = mid if previous_mid is None else previous_mid + mid
         elif previous_mid is None:  # the mid block's output has the deepest down residual's shape
             self.unet_kwargs["mid_block_additional_residual"] = torch.zeros_like(widened[-1])
+
+    def add_adapter_features(self, features: Sequence[torch.Tensor], rows: list[int]) -> None:
+        """Add T2I-Adapter feature maps (added inside the down blocks: diffusers'
+        down_intrablock_additional_residuals) for `rows` only; several adapters' features add up."""
+        self._sum_into("down_intrablock_additional_residuals", [self._widen(f, rows) for f in features])
 
 
 class Extension:

@@ -38,6 +38,7 @@ FOLDERS = {
 }
 # Folders A1111 also reads for a kind, after the main one: LyCORIS files are LoRAs to it (since 1.5).
 MORE_FOLDERS = {"lora": ("LyCORIS",)}
+ANNOTATORS = "annotators"  # ControlNet/annotators/: the preprocessors' weights, not control models
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 EMBEDDED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "default-model" / "brushwork-shapes.safetensors"
 
@@ -122,10 +123,14 @@ class ModelStore:
         if not folder.is_dir():
             return []
         found = []
+        # A diffusers pipeline folder has model_index.json; a lone ControlNet or T2I-Adapter folder, config.json.
+        marker = "config.json" if kind == "controlnet" else "model_index.json"
         for path in sorted(folder.rglob("*")):
+            if kind == "controlnet" and path.relative_to(folder).parts[0] == ANNOTATORS:
+                continue
             is_weights = path.is_file() and path.suffix.lower() in WEIGHT_SUFFIXES
-            is_diffusers = path.is_dir() and (path / "model_index.json").is_file()
-            inside_diffusers = any((parent / "model_index.json").is_file() for parent in path.parents)
+            is_diffusers = path.is_dir() and (path / marker).is_file()
+            inside_diffusers = any((parent / marker).is_file() for parent in path.parents)
             if (is_weights or is_diffusers) and not inside_diffusers:
                 found.append(ModelEntry(kind, path.relative_to(folder).as_posix(), path))
         return found
