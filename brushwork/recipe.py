@@ -203,11 +203,8 @@ class Recipe(BaseModel):
             raise ValueError("outpaint makes its own mask; give either mask or outpaint")
         if self.sd_upscale is not None:
             self._check_sd_upscale(self.sd_upscale)
-        if self.init_image is None:
-            for index, unit in enumerate(self.control_units):
-                if unit.image is None:
-                    raise ValueError(f"control_units.{index}.image: give the unit a picture (only img2img "
-                                     "falls back to the init image)")
+        # A control unit without a picture is allowed: one parsed from an infotext waits for its picture (the
+        # Engine refuses to run it without one, before any model loads).
         return self
 
     def _check_sd_upscale(self, settings: SdUpscale) -> None:

@@ -174,6 +174,10 @@ def test_family_mismatch_and_missing_model_are_clear_errors(models, pictures):
         _engine(root).run(_recipe("tiny-sdxl", [ControlUnit(model="edges", image=pictures[0])]))
     with pytest.raises(BrushworkError, match="controlnet 'nothing' not found"):
         _engine(root).run(_recipe("tiny-sd1", [ControlUnit(model="nothing", image=pictures[0])]))
+    with pytest.raises(BrushworkError, match="control_units.0.image: give the unit a picture"):
+        _engine(root).run(_recipe("tiny-sd1", [ControlUnit(model="edges")]))
+    with pytest.raises(BrushworkError, match="control_units.0.module: .*'sobel'"):
+        _engine(root).run(_recipe("tiny-sd1", [ControlUnit(model="edges", image=pictures[0], module="sobel")]))
 
 
 def test_unit_fields_validate_as_the_extension_takes_them():
@@ -181,8 +185,6 @@ def test_unit_fields_validate_as_the_extension_takes_them():
     assert (unit.control_mode, unit.resize_mode) == ("ControlNet is more important", "Just Resize")
     with pytest.raises(ValueError, match="guidance_start"):
         ControlUnit(model="m", guidance_start=0.8, guidance_end=0.2)
-    with pytest.raises(ValueError, match="control_units.0.image"):
-        Recipe(prompt="x", control_units=[ControlUnit(model="m")])
 
 
 def test_cli_control_flag_equals_the_recipe_unit_and_bad_units_exit_2(models, pictures, tmp_path, capsys):
@@ -217,3 +219,15 @@ def test_controlnet_folder_lists_files_and_diffusers_folders_but_not_annotators(
     (root / "ControlNet" / "annotators" / "ControlNetHED.pth").write_bytes(b"weights")
     names = [entry.name for entry in ModelStore(root).entries("controlnet")]
     assert names == ["blobs.safetensors", "edges", "t2iadapter_tiny", "xl"]
+
+
+def test_grouped_batch_mixing_jobs_with_and_without_units_paints_each_as_alone(models, pictures):
+    root, _ = models
+    engine = _engine(root)
+    with_unit = _recipe("tiny-sd1", [ControlUnit(model="edges", image=pictures[0], control_mode=2)], batch_size=1)
+    without = _recipe("tiny-sd1", [], batch_size=1, seed=99)
+    other_unit = _recipe("tiny-sd1", [ControlUnit(model="blobs", image=pictures[1], weight=0.6)], batch_size=1, seed=7)
+    grouped = engine.generate_group([with_unit, without, other_unit])
+    for recipe, result in zip((with_unit, without, other_unit), grouped):
+        alone = np.asarray(engine.run(recipe).images[0].image, dtype=np.int16)
+        assert np.abs(np.asarray(result.images[0].image, dtype=np.int16) - alone).max() <= 1

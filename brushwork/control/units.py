@@ -10,8 +10,9 @@ from pathlib import Path
 from PIL import Image
 
 from brushwork.control.extension import AdapterUnit, ControlNetUnit, hint_tensor
-from brushwork.control.preprocessors import fit_to_size, pixel_perfect_resolution, preprocess
+from brushwork.control.preprocessors import fit_to_size, module_name, pixel_perfect_resolution, preprocess
 from brushwork.engine.extensions import Extension
+from brushwork.errors import BrushworkError, RecipeError
 from brushwork.images import load_image
 from brushwork.models.components import Components
 from brushwork.models.control import ControlModel, check_family, load_control_model
@@ -60,6 +61,18 @@ class ControlUnits:
         detected = preprocess(unit.module, image, resolution, unit.threshold_a, unit.threshold_b,
                               annotators_dir=self.annotators_dir)
         return fit_to_size(detected, width, height, unit.resize_mode)
+
+    def check(self, recipe: Recipe) -> None:
+        """Refuse, before any model loads, units that cannot run: no picture, an unknown preprocessor or model."""
+        for index, unit in enumerate(recipe.control_units):
+            if unit.image is None and recipe.init_image is None:
+                raise RecipeError(f"control_units.{index}.image: give the unit a picture (only img2img falls back "
+                                  "to the init image)")
+            try:
+                module_name(unit.module)
+            except BrushworkError as error:
+                raise RecipeError(f"control_units.{index}.module: {error}") from None
+            self.store.resolve("controlnet", unit.model)
 
     def __call__(self, recipe: Recipe, components: Components, width: int, height: int) -> list[Extension]:
         extensions: list[Extension] = []

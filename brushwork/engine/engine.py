@@ -231,6 +231,7 @@ class Engine:
         result = result if result is not None else Result(recipe=recipe)
         if recipe.sd_upscale is not None:
             check_sd_upscale(recipe, self.store)
+        self.controls.check(recipe)
         if recipe.restore_faces:
             from brushwork.upscale import find_face_restorer
 
@@ -350,6 +351,8 @@ class Engine:
         if key is None or any(groupable(r) != key for r in recipes):
             raise ValueError("generate_group takes txt2img recipes with the same model, size, sampler and steps")
         check_loras(recipes[0], self.store)
+        for recipe in recipes:
+            self.controls.check(recipe)
         started = time.perf_counter()
         model = self.store.load(recipes[0].model, vae=recipes[0].vae)
         resolved = [self.resolve(recipe, model) for recipe in recipes]
