@@ -232,6 +232,28 @@ def test_new_words_learn_with_the_lora_and_come_with_its_file(setup, tmp_path):
     assert torch.equal(load_file(parts)["bundle_emb.glorp.string_to_param.*"], vectors)
 
 
+def test_word_lr_sets_the_new_words_own_learning_rate(setup, tmp_path):
+    root, models = setup
+    data = tmp_path / "words"
+    make_dataset(data, 4, seed=5, size=64, split="all")
+    for caption in data.glob("*.txt"):
+        caption.write_text(caption.read_text() + ", glorp", encoding="utf-8")
+    components = tiny_components("sd1")
+    circle = components.text_encoders[0].get_input_embeddings().weight[
+        components.tokenizers[0]("circle", add_special_tokens=False).input_ids].detach()
+
+    def moved(word_lr: str) -> float:
+        output = tmp_path / f"glorp-{word_lr}.safetensors"
+        assert main(["train", "lora", str(data), "--base", "tiny", "--models-dir", str(models), *FLAGS, "--steps", "3",
+                     "--new-word", "glorp=circle", "--word-lr", word_lr, "-o", str(output)]) == 0
+        state = load_file(output)
+        assert any(key.endswith("lora_up.weight") and value.abs().max() > 0 for key, value in state.items())
+        return float((state["bundle_emb.glorp.string_to_param.*"] - circle.mean(0)).abs().max())
+
+    assert moved("1e-12") < 1e-6  # the adapters learn, the words stay at their init word's vectors
+    assert moved("1e-1") > 10 * moved("1e-3") > 0
+
+
 def test_new_words_are_checked(setup, tmp_path, capsys):
     root, models = setup
     flags = ["train", "lora", str(root / "hearts"), "--base", "tiny", "--models-dir", str(models), *FLAGS]

@@ -79,6 +79,9 @@ def add_parser(subparsers) -> None:
                            "tuning), starting from INIT's, and are saved in the LoRA file as an embedding that comes "
                            "with it (A1111's bundle_emb; diffusers' load_lora_weights refuses such files); "
                            "repeatable, e.g. --new-word hexagon=shape")
+    lora.add_argument("--word-lr", dest="word_lr", type=float, default=None, metavar="LR",
+                      help="the new words' learning rate (default: --lr); textual inversion's rates (1e-3 to 5e-2) "
+                           "move a word's vectors far enough to mean something new")
     lora.add_argument("--shuffle-tags", dest="shuffle_tags", action="store_true",
                       help="shuffle the comma-separated caption tags every step (kohya's shuffle_caption)")
     lora.set_defaults(run=run_lora)
@@ -185,7 +188,7 @@ def run_base(args: argparse.Namespace) -> int:
 def run_lora(args: argparse.Namespace) -> int:
     return _fine_tune(args, "lora", args.output or Path(args.data.name + ".safetensors"), (
         "rank", "alpha", "conv_rank", "conv_alpha", "caption_dropout", "train_text_encoder", "shuffle_tags",
-        "keep_tokens", "new_words"))
+        "keep_tokens", "new_words", "word_lr"))
 
 
 def run_embedding(args: argparse.Namespace) -> int:

@@ -68,6 +68,7 @@ class TrainRequest(BaseModel):
     new_words: list[str] = Field([], max_length=16, description="LoRA: words the base does not know, as WORD or "
                                  "WORD=INIT; their token vectors learn with the LoRA (pivotal tuning, starting from "
                                  "INIT's) and travel in its file as bundled embeddings.")
+    word_lr: float | None = Field(None, gt=0, le=1.0, description="LoRA: the new words' learning rate (default: lr).")
     # Textual inversion
     token: str = Field("", max_length=100)
     init_word: str = Field("", max_length=100)
@@ -133,7 +134,8 @@ def fine_tune(request: TrainRequest, model, store, data_dir: Path, output: Path,
 
         settings = LoraTrainSettings(**common, **{name: getattr(request, name) for name in (
             "rank", "alpha", "conv_rank", "conv_alpha", "caption_dropout", "train_text_encoder", "shuffle_tags",
-            "keep_tokens")}, new_words=tuple(tuple(entry.partition("=")[::2]) for entry in request.new_words))
+            "keep_tokens")}, new_words=tuple(tuple(entry.partition("=")[::2]) for entry in request.new_words),
+            word_lr=request.word_lr)
         paint = painter(model, store, steps=20,
                         embedding_files=[sample_file(output, word) for word, _ in settings.new_words])
         return train_lora(model.components, data_dir, output, settings, base_name=model.name, base_hash=base_hash,

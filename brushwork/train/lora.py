@@ -66,6 +66,7 @@ class LoraTrainSettings:
     shuffle_tags: bool = False  # kohya's shuffle_caption
     keep_tokens: int = 0  # tags at the front that stay in place when shuffling
     new_words: tuple[tuple[str, str], ...] = ()  # (word, init word or ""): pivotal tuning's learnt token vectors
+    word_lr: float | None = None  # the new words' learning rate (None: lr)
     seed: int = 0
     checkpoint_every: int = 100
     sample_every: int = 0  # steps between sample pictures (0: none), painted through the Engine
@@ -108,7 +109,9 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
     for parameter in parameters:
         parameter.data = parameter.data.float()  # adapters train in float32 even on a float16 base
     words = [NewWord.start(components, word, init) for word, init in settings.new_words]
-    parameters += [vectors for word in words for vectors in word.vectors]
+    if words:  # pivotal tuning: the words' vectors at their own rate, undecayed (as textual inversion trains them)
+        parameters.append({"params": [vectors for word in words for vectors in word.vectors],
+                           "lr_scale": (settings.word_lr or settings.lr) / settings.lr, "weight_decay": 0.0})
     optimization = Optimization(parameters, lr=settings.lr, weight_decay=1e-2, settings=settings.optimization,
                                 device=device, modules=trained)
     objective = Objective(components, settings.optimization.min_snr_gamma)

@@ -45,9 +45,11 @@ class ParameterEMA:
 
 
 class Optimization:
-    """AdamW over `parameters` on `device`; `modules` are the trained modules (for gradient checkpointing)."""
+    """AdamW over `parameters` on `device`; `modules` are the trained modules (for gradient checkpointing).
+    `parameters` may hold parameter groups too, as dicts {"params": [...], "lr_scale": s, "weight_decay": d}: their
+    learning rate is s times the schedule's (pivotal tuning's word vectors learn faster than the LoRA)."""
 
-    def __init__(self, parameters: Iterable[torch.nn.Parameter], *, lr: float, weight_decay: float,
+    def __init__(self, parameters: Iterable[torch.nn.Parameter | dict], *, lr: float, weight_decay: float,
                  settings: StepSettings, device: torch.device | str, modules: Iterable[torch.nn.Module] = ()):
         if settings.mixed_precision not in PRECISIONS:
             raise BrushworkError(f"--mixed-precision: choose one of {', '.join(PRECISIONS)}")
@@ -59,11 +61,15 @@ class Optimization:
         if settings.mixed_precision == "fp16" and self.device.type == "cpu":
             raise BrushworkError("--mixed-precision fp16 needs a GPU; on the CPU use bf16")
         self.settings = settings
-        self.parameters = list(parameters)
+        entries = list(parameters)
+        groups = [{"params": [entry for entry in entries if not isinstance(entry, dict)]},
+                  *(entry for entry in entries if isinstance(entry, dict))]
+        self.parameters = [parameter for group in groups for parameter in group["params"]]
         # accelerate's process state only (rank, count, collectives): its Accelerator fixes the precision once
         # per process, and a server trains one job after another, each with its own.
         self.processes = processes()
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=lr, weight_decay=weight_decay)
+        self.optimizer = torch.optim.AdamW([{"lr_scale": 1.0, **group} for group in groups], lr=lr,
+                                           weight_decay=weight_decay)
         self.autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(settings.mixed_precision)
         self.scaler = torch.amp.GradScaler(self.device.type) if settings.mixed_precision == "fp16" else None
         self.ema = ParameterEMA(self.parameters, settings.ema_decay) if settings.ema_decay else None
@@ -101,7 +107,7 @@ class Optimization:
                         parameter.grad = reduce(parameter.grad, reduction="mean")
                 total = reduce(total, reduction="mean")
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             if self.scaler is None:
                 self.optimizer.step()
             else:
