@@ -7,6 +7,7 @@ from pathlib import Path
 
 from brushwork.commands.common import add_model_options
 from brushwork.errors import BrushworkError
+from brushwork.shapes.draw import CONDITIONS
 
 SPLITS = ("train", "heldout", "all", "novel")
 
@@ -21,6 +22,9 @@ def add_parser(subparsers) -> None:
     shapes.add_argument("--size", type=int, default=64, help="picture side in pixels (default 64)")
     shapes.add_argument("--split", choices=SPLITS, default="train",
                         help="train: never the held-out colour/shape pairs (default); heldout: only those; all: any")
+    shapes.add_argument("--condition", choices=CONDITIONS, default=None,
+                        help="also draw each picture's ControlNet control picture into OUT_DIR/conditioning/: "
+                             "canny edges, the objects' mask, or a scribble of their outlines")
     shapes.set_defaults(run=run_shapes)
     check = kinds.add_parser("check", help="the curation report of a training folder: what training would leave "
                              "out and why (nothing is deleted), and the aspect-ratio buckets")
@@ -47,8 +51,10 @@ def run_shapes(args: argparse.Namespace) -> int:
         raise BrushworkError(f"{args.out_dir} exists and is not a folder")
     if args.out_dir.is_dir() and any(args.out_dir.glob("*.png")):
         raise BrushworkError(f"{args.out_dir} already holds pictures; choose an empty or new folder")
-    make_dataset(args.out_dir, args.count, seed=args.seed, size=args.size, split=args.split)
-    print(f"wrote {args.count} pictures ({args.size}x{args.size}, split {args.split}, seed {args.seed}) to {args.out_dir}")
+    make_dataset(args.out_dir, args.count, seed=args.seed, size=args.size, split=args.split, condition=args.condition)
+    extra = f", {args.condition} control pictures in conditioning/" if args.condition else ""
+    print(f"wrote {args.count} pictures ({args.size}x{args.size}, split {args.split}, seed {args.seed}{extra}) "
+          f"to {args.out_dir}")
     return 0
 
 

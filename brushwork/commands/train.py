@@ -113,6 +113,19 @@ def add_parser(subparsers) -> None:
     dreambooth.add_argument("--train-text-encoder", dest="train_text_encoder", action="store_true")
     dreambooth.set_defaults(run=run_dreambooth)
 
+    controlnet = _fine_tune_parser(
+        kinds, "controlnet", "a ControlNet for an SD 1.x, 2.x or SDXL checkpoint from pairs of pictures",
+        "Trains a ControlNet, copied from the base's U-Net encoder with zero convolutions, on captioned target "
+        "pictures and their control pictures (same names, in the data folder's conditioning/ subfolder; "
+        "`brushwork data shapes --condition canny` draws such pairs). The base stays frozen. Writes a "
+        "diffusers-named .safetensors for --models-dir's ControlNet/.",
+        "captioned target pictures, with conditioning/ beside them", "the ControlNet (default: DATA.safetensors)",
+        (("--steps", int, 1000, "training steps"), ("--lr", float, 1e-5, "learning rate"),
+         ("--caption-dropout", float, 0.0, "share of steps trained with no caption (learns the control alone)")))
+    controlnet.add_argument("--conditioning", default="conditioning", metavar="FOLDER",
+                            help="the data folder's subfolder of control pictures (default conditioning)")
+    controlnet.set_defaults(run=run_controlnet)
+
 
 # The numeric flags every fine-tuning run takes: (flag, type, default, help).
 _FINE_TUNE_NUMBERS = (
@@ -194,6 +207,11 @@ def run_lora(args: argparse.Namespace) -> int:
 def run_embedding(args: argparse.Namespace) -> int:
     return _fine_tune(args, "embedding", args.output or Path(args.token + ".safetensors"),
                       ("token", "init_word", "vectors"))
+
+
+def run_controlnet(args: argparse.Namespace) -> int:
+    return _fine_tune(args, "controlnet", args.output or Path(args.data.name + ".safetensors"),
+                      ("caption_dropout", "conditioning"))
 
 
 def run_dreambooth(args: argparse.Namespace) -> int:

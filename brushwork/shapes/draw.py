@@ -331,17 +331,49 @@ def render(scene: Scene, size: int = 64) -> Image.Image:
     return image.resize((size, size), Image.Resampling.BOX)
 
 
+CONDITIONS = ("canny", "mask", "scribble")
+
+
+def render_condition(scene: Scene, picture: Image.Image, kind: str) -> Image.Image:
+    """A ControlNet's control picture of `scene` (drawn as `picture`): "canny", the canny preprocessor's edges
+    of the picture (as a user's canny unit makes them); "mask", the objects white on black; "scribble", their
+    outlines drawn as a thick white line on black, as a hand would."""
+    size = picture.size[0]
+    if kind == "canny":
+        from brushwork.control.preprocessors import preprocess
+
+        return preprocess("canny", picture, resolution=size)
+    if kind not in CONDITIONS:
+        raise ValueError(f"unknown condition {kind!r}; expected one of {', '.join(CONDITIONS)}")
+    big = size * SUPERSAMPLE
+    image = Image.new("RGB", (big, big), "black")
+    draw = ImageDraw.Draw(image)
+    for obj in scene.objects:
+        outline = _polygon(obj, big)
+        if kind == "mask":
+            draw.polygon(outline, fill="white")
+        else:
+            draw.line([*outline, outline[0]], fill="white", width=max(1, big // 32), joint="curve")
+    return image.resize((size, size), Image.Resampling.BOX)
+
+
 def make_dataset(out_dir: str | Path, count: int, seed: int, size: int = 64, split: Split = "train",
-                 shape: str | None = None, colour: str | None = None) -> list[Scene]:
-    """Write `count` pictures as 00000.png + 00000.txt (caption) and metadata.jsonl; same seed, same bytes."""
+                 shape: str | None = None, colour: str | None = None, condition: str | None = None) -> list[Scene]:
+    """Write `count` pictures as 00000.png + 00000.txt (caption) and metadata.jsonl; same seed, same bytes. With
+    a `condition` (CONDITIONS), each picture's control picture too, as conditioning/00000.png."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if condition is not None:
+        (out / "conditioning").mkdir(exist_ok=True)
     rng = np.random.default_rng(seed)
     scenes = []
     with open(out / "metadata.jsonl", "w", encoding="utf-8", newline="\n") as meta:
         for i in range(count):
             scene = sample_scene(rng, split, shape, colour)
-            render(scene, size).save(out / f"{i:05d}.png", format="PNG")
+            picture = render(scene, size)
+            picture.save(out / f"{i:05d}.png", format="PNG")
+            if condition is not None:
+                render_condition(scene, picture, condition).save(out / "conditioning" / f"{i:05d}.png", format="PNG")
             (out / f"{i:05d}.txt").write_text(scene.caption, encoding="utf-8")
             meta.write(json.dumps({"file": f"{i:05d}.png", **asdict(scene)}, sort_keys=True) + "\n")
             scenes.append(scene)

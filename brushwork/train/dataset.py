@@ -37,15 +37,19 @@ class Example:
     repeats: int = 1
 
 
-def scan_folder(folder: Path, default_caption: str = "") -> list[Example]:
-    """Every picture below `folder` with its caption (sorted by path); a picture with no caption anywhere takes
-    `default_caption`, and without one is an error naming it, so a run never learns an empty caption by accident."""
+def scan_folder(folder: Path, default_caption: str = "", exclude: Path | None = None) -> list[Example]:
+    """Every picture below `folder` (but none below `exclude`: a ControlNet's control pictures) with its caption
+    (sorted by path); a picture with no caption anywhere takes `default_caption`, and without one is an error
+    naming it, so a run never learns an empty caption by accident."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise BrushworkError(f"training data folder not found: {folder}")
     listed = _metadata_captions(folder)
     examples, missing = [], []
+    skipped = Path(exclude).expanduser().resolve() if exclude is not None else None
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in PICTURE_SUFFIXES):
+        if skipped is not None and path.resolve().is_relative_to(skipped):
+            continue
         repeats, folder_caption = _repeat_folder(path, folder)
         text_file = path.with_suffix(".txt")
         if text_file.is_file():

@@ -70,10 +70,11 @@ def run_state(output: Path, run: dict[str, Any], resume: bool) -> TrainingState:
 
 
 def curated_examples(data_dir: Path, output: Path, resolution: int, command: str, default_caption: str = "",
-                     curation: Curation | None = None) -> list[Example]:
-    """The pictures curation keeps; its report is saved beside the output (`NAME.curation.json`)."""
+                     curation: Curation | None = None, exclude: Path | None = None) -> list[Example]:
+    """The pictures curation keeps (none below `exclude`); its report is saved beside the output
+    (`NAME.curation.json`)."""
     curation = curation or Curation()
-    examples = scan_folder(data_dir, default_caption=default_caption)
+    examples = scan_folder(data_dir, default_caption=default_caption, exclude=exclude)
     report = curate(examples, Path(data_dir).expanduser(),
                     CurationSettings(resolution=resolution, min_aesthetic=curation.min_aesthetic), curation.aesthetic)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -326,8 +327,9 @@ class Objective:
         return noisy, timesteps, target
 
     def loss(self, unet, noisy: torch.Tensor, timesteps: torch.Tensor, target: torch.Tensor,
-             context: torch.Tensor | TextConditioning) -> torch.Tensor:
-        extra = {}
+             context: torch.Tensor | TextConditioning, **unet_inputs) -> torch.Tensor:
+        """The batch's loss; `unet_inputs` go to the U-Net too (a ControlNet's residuals)."""
+        extra = dict(unet_inputs)
         if isinstance(context, TextConditioning):
             if context.added is not None:
                 extra["added_cond_kwargs"] = {k: v.to(unet.dtype) for k, v in context.added.items()}

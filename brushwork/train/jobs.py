@@ -27,11 +27,13 @@ class TrainKind(str, Enum):
     lora = "lora"
     embedding = "embedding"
     dreambooth = "dreambooth"
+    controlnet = "controlnet"
 
 
 # Where each kind's file belongs in an A1111 models folder (ModelStore kinds), and each kind's defaults.
-MODEL_KIND = {TrainKind.lora: "lora", TrainKind.embedding: "embedding", TrainKind.dreambooth: "checkpoint"}
-DEFAULT_LR = {TrainKind.lora: 1e-4, TrainKind.embedding: 5e-3, TrainKind.dreambooth: 5e-6}
+MODEL_KIND = {TrainKind.lora: "lora", TrainKind.embedding: "embedding", TrainKind.dreambooth: "checkpoint",
+              TrainKind.controlnet: "controlnet"}
+DEFAULT_LR = {TrainKind.lora: 1e-4, TrainKind.embedding: 5e-3, TrainKind.dreambooth: 5e-6, TrainKind.controlnet: 1e-5}
 
 
 class TrainRequest(BaseModel):
@@ -79,6 +81,10 @@ class TrainRequest(BaseModel):
     class_images: int = Field(0, ge=0, le=10_000)
     prior_weight: float = Field(1.0, ge=0.0, le=100.0)
     class_steps: int = Field(20, ge=1, le=150)
+    # ControlNet
+    conditioning: str = Field("conditioning", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_ .-]*$",
+                              description="ControlNet: the data folder's subfolder holding each picture's control "
+                                          "picture under the same name.")
     min_aesthetic: float = Field(5.0, ge=0.0, le=10.0, description="Curation: with an aesthetic predictor in the "
                                  "models folder's aesthetic/, pictures scoring under this are left out.")
 
@@ -146,6 +152,13 @@ def fine_tune(request: TrainRequest, model, store, data_dir: Path, output: Path,
                                           vectors=request.vectors)
         paint = painter(model, store, steps=20, embedding_files=[sample_file(output, settings.token)])
         return train_embedding(model.components, data_dir, output, settings, base_hash=base_hash, paint=paint, **run)
+    if request.kind is TrainKind.controlnet:
+        from brushwork.train.controlnet import ControlNetTrainSettings, train_controlnet
+
+        settings = ControlNetTrainSettings(**common, caption_dropout=request.caption_dropout,
+                                           conditioning=request.conditioning)
+        return train_controlnet(model.components, data_dir, output, settings, base_name=model.name,
+                                base_hash=base_hash, paint=painter(model, store, steps=20), **run)
     from brushwork.train.dreambooth import DreamBoothSettings, train_dreambooth
 
     settings = DreamBoothSettings(**common, **{name: getattr(request, name) for name in (
@@ -156,20 +169,26 @@ def fine_tune(request: TrainRequest, model, store, data_dir: Path, output: Path,
 
 
 def painter(model, store, steps: int, embedding_files: list[Path] = ()):
-    """paint(prompt, seed, size): one picture with the model as it is now, through the Engine; `embedding_files`
-    are textual inversions it knows besides the models folder's."""
+    """paint(prompt, seed, size, extensions=None): one picture with the model as it is now, through the Engine;
+    `embedding_files` are textual inversions it knows besides the models folder's, and `extensions()` (new
+    ones each call) act on the picture's denoising, e.g. a ControlNet being trained."""
     from brushwork.engine.embeddings import EmbeddingLibrary
     from brushwork.engine.engine import Engine
     from brushwork.recipe import Recipe
 
-    engine = Engine(store)
+    current: dict[str, Callable[[], list] | None] = {"extensions": None}
+    engine = Engine(store, extension_providers=[lambda *_: current["extensions"]() if current["extensions"] else []])
     if embedding_files:
         folder = engine.embeddings
         engine.embeddings = EmbeddingLibrary(lambda: [*folder.entries(), *(p for p in embedding_files if p.is_file())],
                                              allow_pickle=folder.allow_pickle)
 
-    def paint(prompt: str, seed: int, size: int):
+    def paint(prompt: str, seed: int, size: int, extensions: Callable[[], list] | None = None):
         recipe = Recipe(prompt=prompt, seed=seed, steps=steps, width=size, height=size, model=str(model.path))
-        return engine.run(recipe).images[0].image
+        current["extensions"] = extensions
+        try:
+            return engine.run(recipe).images[0].image
+        finally:
+            current["extensions"] = None
 
     return paint
