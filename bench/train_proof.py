@@ -113,7 +113,7 @@ def part_lora(work: Path, store, base: dict, prompts: int, seeds: int) -> dict:
     output.parent.mkdir(parents=True, exist_ok=True)
     run = train(["lora", str(data), "--base", str(EMBEDDED), "-o", str(output), "--resolution", "64", "--rank", "16",
                  "--alpha", "16", "--conv-rank", "16", "--conv-alpha", "16", "--steps", "2000", "--lr", "1e-3",
-                 "--batch-size", "4", "--new-word", "diamond=square", "--caption-dropout", "0.1", "--min-snr-gamma", "5"])
+                 "--batch-size", "4", "--new-word", "diamond=square", "--new-word", "diamonds=squares", "--caption-dropout", "0.1", "--min-snr-gamma", "5"])
     novel = eval_prompts(prompts, "novel", shape="diamond")
     diamond = LoraUse(name="diamond")
     with_lora = accuracy(EMBEDDED, eval_prompts(prompts, "train"), seeds, store, [diamond])

@@ -12,6 +12,7 @@ way A1111 does it (a JSON string).
 
 `parse_infotext` reads one back into a Recipe; `a1111_parameters` returns exactly what A1111's own parser
 (`parse_generation_parameters`, behind its /sdapi/v1/png-info) returns for it, defaults and quirks included.
+ControlNet units are written and read as the sd-webui-controlnet extension does (brushwork/control/infotext.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from brushwork.errors import RecipeError
 from brushwork.prompts import parse_attention
 from brushwork.recipe import Recipe, describe_validation_error
 from brushwork.sampler_names import SAMPLER_NAMES, sampler_name_from_parts
+
 
 NEGATIVE_PREFIX = "Negative prompt:"
 
@@ -176,6 +178,8 @@ def recipe_extras(recipe: Recipe) -> dict[str, str]:
     return extra
 
 
+
+
 def _extras_to_fields(params: dict[str, str]) -> dict[str, object]:
     """The inverse of `recipe_extras`, for the fields a Recipe can hold without its images."""
     fields: dict[str, object] = {}
@@ -237,6 +241,11 @@ def _extras_to_fields(params: dict[str, str]) -> dict[str, object]:
         if scale is not None:
             sd_upscale["scale"] = scale
         fields["sd_upscale"] = sd_upscale  # A1111's texts have no scale: its default, 2
+    from brushwork.control.infotext import control_units_from_params
+
+    units = control_units_from_params(params, hires="hires" in fields)
+    if units:
+        fields["control_units"] = units
     return fields
 
 

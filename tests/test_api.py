@@ -393,3 +393,17 @@ def test_serve_flags_build_settings():
     assert public.auth_enabled is False
     for host in ("localhost", "127.0.0.1", "::1", "[::1]"):
         assert settings_from_args(build_parser().parse_args(["serve", "--host", host])).host == host
+
+
+def test_control_unit_pictures_are_inline_only_and_models_confined(client, tmp_path):
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png_bytes())
+    unit = {"model": "nothing", "image": str(secret)}
+    response = client.post("/api/v1/jobs", json={**FAST, "control_units": [unit]})
+    assert_clean_error(response, 422, "control_units.0.image", "not valid base64")
+    inline = {**unit, "image": data_url(png_bytes())}
+    assert_clean_error(client.post("/api/v1/jobs", json={**FAST, "control_units": [inline]}), 422, "controlnet 'nothing' not found")
+    escaping = {**inline, "model": "../Stable-diffusion/tiny"}
+    assert client.post("/api/v1/jobs", json={**FAST, "control_units": [escaping]}).status_code in (400, 404, 422)
+    huge = {**inline, "processor_res": 4096}
+    assert_clean_error(client.post("/api/v1/jobs", json={**FAST, "control_units": [huge]}), 422, "processor_res")

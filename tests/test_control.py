@@ -217,7 +217,7 @@ def test_controlnet_folder_lists_files_and_diffusers_folders_but_not_annotators(
     root, _ = models
     (root / "ControlNet" / "annotators").mkdir(exist_ok=True)
     (root / "ControlNet" / "annotators" / "ControlNetHED.pth").write_bytes(b"weights")
-    names = [entry.name for entry in ModelStore(root).entries("controlnet")]
+    names = [entry.name for entry in ModelStore(root).entries("controlnet") if not entry.embedded]
     assert names == ["blobs.safetensors", "edges", "t2iadapter_tiny", "xl"]
 
 

@@ -103,7 +103,7 @@ def test_img2img_payload_maps_onto_a_recipe():
 @pytest.mark.parametrize("request_fields, words", [
     ({"subseed_strength": 0.5}, "subseed_strength"), ({"script_name": "x/y/z plot"}, "script_name"),
     ({"enable_hr": True, "hr_checkpoint_name": "other"}, "hr_checkpoint_name"),
-    ({"alwayson_scripts": {"ControlNet": {"args": [{"enabled": True}]}}}, "alwayson_scripts"),
+    ({"alwayson_scripts": {"ADetailer": {"args": [{"ad_model": "face_yolov8n.pt"}]}}}, "ADetailer"),
     ({"n_iter": 0}, "n_iter:"), ({"sampler_name": "nope"}, "sampler_name"), ({"width": 0}, "width"),
     ({"enable_hr": True, "hr_scale": 9}, "hr_scale:"), ({"override_settings": {"CLIP_stop_at_last_layers": 40}},
                                                         "override_settings.CLIP_stop_at_last_layers"),

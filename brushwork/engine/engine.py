@@ -35,6 +35,7 @@ from brushwork.engine.sd_upscale import is_no_upscaler, sd_upscale
 from brushwork.engine.seamless import circular_padding
 from brushwork.errors import BrushworkError, RecipeError
 from brushwork.images import load_image
+from brushwork.control.infotext import controlnet_extras, controlnet_model_title
 from brushwork.infotext import format_infotext, recipe_extras
 from brushwork.models.patches.lora import LoraCache, LoraPatch
 from brushwork.models.store import LoadedModel, ModelStore
@@ -187,6 +188,11 @@ class Engine:
         hashes = {use.name: self.store.hashes.lora_hash(self.store.resolve("lora", use.name))
                   for use in recipe.all_loras()}
         return {"Lora hashes": ", ".join(f"{name}: {digest}" for name, digest in hashes.items())} if hashes else {}
+
+    def _controlnet_infotext(self, recipe: Recipe) -> dict[str, str]:
+        """The ControlNet extension's `ControlNet <n>: "Module: ..., Model: name [hash], ..."`, one per unit."""
+        titles = [controlnet_model_title(self.store.resolve("controlnet", unit.model)) for unit in recipe.control_units]
+        return controlnet_extras(recipe.control_units, titles)
 
     def _encode(self, components, pictures: list[Image.Image]) -> torch.Tensor:
         pixels = latent_stage.pil_to_pixels(pictures, self.store.device, self.store.dtype)
@@ -411,7 +417,8 @@ class Engine:
                 with_lora_tags(recipe), seed=seed, width=recipe.width, height=recipe.height,
                 model_name=model.name, model_hash=model.short_hash,
                 vae_name=model.vae_name, vae_hash=model.vae_short_hash,
-                extra=recipe_extras(recipe) | self._ti_hashes(recipe, encoder) | self._lora_hashes(recipe),
+                extra=(recipe_extras(recipe) | self._ti_hashes(recipe, encoder) | self._lora_hashes(recipe)
+                       | self._controlnet_infotext(recipe)),
             ),
             recipe_json=json.dumps({"brushwork": __version__, "recipe": recipe.model_dump(), "index": index}, sort_keys=True),
         )

@@ -41,6 +41,7 @@ MORE_FOLDERS = {"lora": ("LyCORIS",)}
 ANNOTATORS = "annotators"  # ControlNet/annotators/: the preprocessors' weights, not control models
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 EMBEDDED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "default-model" / "brushwork-shapes.safetensors"
+EMBEDDED_CONTROLNETS = EMBEDDED_MODEL.parent / "ControlNet"  # ControlNets trained for the embedded model
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,9 @@ class ModelStore:
         found = self._folder_entries(kind)
         if kind == "checkpoint" and EMBEDDED_MODEL.exists():
             found.append(ModelEntry(kind, EMBEDDED_MODEL.name, EMBEDDED_MODEL, embedded=True))
+        if kind == "controlnet":  # the embedded model's own ControlNets, after the folder's
+            found += [ModelEntry(kind, path.name, path, embedded=True)
+                      for path in sorted(EMBEDDED_CONTROLNETS.glob("*.safetensors"))]
         return found
 
     def folders(self, kind: str) -> list[Path]:

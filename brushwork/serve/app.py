@@ -25,7 +25,9 @@ from brushwork import __version__
 from brushwork.errors import BrushworkError
 from brushwork.models.store import ModelStore
 from brushwork.recipe import describe_validation_error
-from brushwork.serve.api import gallery, info, jobs as jobs_api, models, sdapi, sdapi_info, sdapi_system, train
+from brushwork.serve.api import (
+    controlnet, gallery, info, jobs as jobs_api, models, sdapi, sdapi_info, sdapi_system, train,
+)
 from brushwork.serve.auth import AuthMiddleware, build_authenticator
 from brushwork.serve.deps import Upscalers, WebuiOptions, locked_runner
 from brushwork.serve.jobs import JobService
@@ -99,6 +101,7 @@ def create_app(
         app.include_router(router, prefix="/api/v1")
     for router in (sdapi.router, sdapi_info.router, sdapi_system.router):
         app.include_router(router, prefix="/sdapi/v1")
+    app.include_router(controlnet.router)  # the ControlNet extension's routes sit at the root: /controlnet/...
     add_error_handlers(app)
 
     # Added last = runs first: unauthenticated requests are refused before their body is read.

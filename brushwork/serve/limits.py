@@ -41,6 +41,9 @@ class NotFound(BrushworkError):
     """An id that names nothing the caller may see (answered 404)."""
 
 
+PROCESSOR_RES_ALWAYS = 2048
+
+
 def check_recipe(recipe: Recipe, limits: Limits, *, init_size: tuple[int, int] | None = None) -> None:
     """Raise OverLimit naming the first limit the recipe goes past; `init_size` is the init picture's size."""
     if recipe.image_count > limits.max_batch:
@@ -49,6 +52,13 @@ def check_recipe(recipe: Recipe, limits: Limits, *, init_size: tuple[int, int] |
     if recipe.sd_upscale is not None and recipe.sd_upscale.batch_size > limits.max_batch:
         raise OverLimit(f"sd_upscale.batch_size = {recipe.sd_upscale.batch_size} is over this server's limit of "
                         f"{limits.max_batch} pictures per pass (--max-batch)")
+    # A preprocessor works at processor_res on the short side: the extension's slider goes to 2048, and so may
+    # any server; past that, as far as the server's own side limit.
+    largest_processor = max(PROCESSOR_RES_ALWAYS, limits.max_image_side)
+    for index, unit in enumerate(recipe.control_units):
+        if unit.processor_res > largest_processor:
+            raise OverLimit(f"control_units.{index}.processor_res = {unit.processor_res} is over this server's limit "
+                            f"of {largest_processor} pixels (--max-image-side)")
     for field, steps in (("steps", recipe.steps), ("hires.steps", recipe.hires.steps if recipe.hires else 0)):
         if steps > limits.max_steps:
             raise OverLimit(f"{field} = {steps} is over this server's limit of {limits.max_steps} steps (--max-steps)")
@@ -90,6 +100,8 @@ def check_names(recipe: Recipe, store: ModelStore, upscalers: list[str]) -> None
             raise OverLimit(f"hires.upscaler: unknown upscaler {recipe.hires.upscaler!r}; choose one of: {choices}")
     for use in recipe.all_loras():
         store.resolve("lora", use.name)
+    for unit in recipe.control_units:
+        store.resolve("controlnet", unit.model)
     if recipe.restore_faces:
         find_face_restorer(recipe.restore_faces, store)
     if recipe.sd_upscale is not None and not is_no_upscaler(recipe.sd_upscale.upscaler):
@@ -108,7 +120,7 @@ def admit(recipe: Recipe, limits: Limits, store: ModelStore, upscalers: list[str
 
 def inline_images(recipe: Recipe, limits: Limits) -> tuple[Recipe, tuple[int, int] | None]:
     """The recipe with its init image and mask decoded (or refused) and held as data URLs; the init size."""
-    update: dict[str, str] = {}
+    update: dict[str, object] = {}
     init_size = None
     for field in ("init_image", "mask"):
         value = getattr(recipe, field)
@@ -116,6 +128,14 @@ def inline_images(recipe: Recipe, limits: Limits) -> tuple[Recipe, tuple[int, in
             data, image = decode_base64_image(value, field, limits)
             update[field] = image_data_url(data)
             init_size = image.size if field == "init_image" else init_size
+    units = []
+    for index, unit in enumerate(recipe.control_units):  # a unit's picture, like the init image, only inline
+        if unit.image is not None:
+            data, _ = decode_base64_image(unit.image, f"control_units.{index}.image", limits)
+            unit = unit.model_copy(update={"image": image_data_url(data)})
+        units.append(unit)
+    if units:
+        update["control_units"] = units
     return recipe.model_copy(update=update), init_size
 
 

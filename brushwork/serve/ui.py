@@ -3,13 +3,15 @@
     app = create_app(settings, ui=mount)      # `brushwork serve` does this when this module exists
 
 Tabs: txt2img (with the hires fix), img2img (with the inpainting mask painter and outpainting), both with
-a picker of the data dir's styles.csv; extras (upscale), PNG info, gallery, queue and train (fine-tuning). Pictures are made only
-by submitting Recipes to the app's `JobService`; the UI never calls the Engine. Everything it serves is
-local: a built-in theme on system fonts, no analytics, no server-side rendering process.
+a picker of the data dir's styles.csv and ControlNet units; extras (upscale), PNG info, gallery, queue and
+train (fine-tuning). Pictures are made only by submitting Recipes to the app's `JobService`; the UI never
+calls the Engine (a ControlNet unit's Preview runs only its preprocessor). Everything it serves is local: a
+built-in theme on system fonts, no analytics, no server-side rendering process.
 
 This module only assembles the page. The imports point one way:
 
-    ui  ->  ui_generate (txt2img, img2img), ui_tabs, ui_train (the others)  ->  ui_studio (Studio, errors)  ->  ui_forms
+    ui  ->  ui_generate (txt2img, img2img)  ->  ui_control (their ControlNet units)  ->  ui_studio (Studio, errors)  ->  ui_forms
+    ui  ->  ui_tabs, ui_train (the other tabs)  ->  ui_studio
 """
 
 from __future__ import annotations

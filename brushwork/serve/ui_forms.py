@@ -1,7 +1,9 @@
 """The web UI's forms as plain data: form values -> Recipe, Recipe -> form values, and what progress looks like.
 
 Nothing here imports Gradio, so the mapping is tested without a browser. A form is a dict keyed by the
-names in `TXT2IMG_FIELDS` / `IMG2IMG_FIELDS`; the UI builds one component per name, in that order.
+names in `TXT2IMG_FIELDS` / `IMG2IMG_FIELDS`; the UI builds one component per name, in that order. Both
+tabs' forms go on with their ControlNet units' fields, `control_fields(units)`; a form without them has
+no units.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Iterable, Mapping
 
 from PIL import Image, ImageChops
 
+from brushwork.control.preprocessors import PREPROCESSORS, module_name
 from brushwork.errors import BrushworkError
 from brushwork.recipe import Recipe
 from brushwork.serve.jobs import Job, JobState
@@ -39,6 +42,21 @@ IMAGE_FIELDS = (
 )
 TXT2IMG_FIELDS = COMMON_FIELDS + HIRES_FIELDS
 IMG2IMG_FIELDS = COMMON_FIELDS + IMAGE_FIELDS
+# One ControlNet unit's fields; the form names them `control_{index}_{field}`.
+CONTROL_PREPROCESSING_FIELDS = (
+    "module", "resize_mode", "processor_res", "threshold_a", "threshold_b", "pixel_perfect",
+)
+CONTROL_UNIT_FIELDS = ("enable", "image", "model", "weight", "guidance_start", "guidance_end", "control_mode",
+                       *CONTROL_PREPROCESSING_FIELDS)
+
+
+def control_field(index: int, name: str) -> str:
+    return f"control_{index}_{name}"
+
+
+def control_fields(units: int) -> tuple[str, ...]:
+    """The form names of `units` ControlNet units, unit by unit."""
+    return tuple(control_field(index, name) for index in range(units) for name in CONTROL_UNIT_FIELDS)
 
 
 # -- form -> Recipe --------------------------------------------------------------------------------------
@@ -71,6 +89,9 @@ def recipe_from_form(form: dict[str, Any], *, styles: Mapping[str, PromptStyle] 
         fields["hires"] = _hires(form)
     if form.get("mode") in MODES:
         fields.update(_image_fields(form))
+    units = _control_units(form, has_init_image=form.get("mode") in MODES)
+    if units:
+        fields["control_units"] = units
     return apply_styles_to_recipe(Recipe(**fields), form.get("styles") or [], styles or {})
 
 
@@ -116,6 +137,56 @@ def _image_fields(form: dict[str, Any]) -> dict[str, Any]:
     if any(sides.values()):
         fields["outpaint"] = sides
     return fields
+
+
+def _control_units(form: dict[str, Any], *, has_init_image: bool) -> list[dict[str, Any]]:
+    """The enabled ControlNet units, as Recipe.control_units; the form's unit count is however many it has."""
+    units = []
+    index = 0
+    while control_field(index, "enable") in form:
+        if form[control_field(index, "enable")]:
+            units.append(_control_unit(form, index, has_init_image=has_init_image))
+        index += 1
+    return units
+
+
+def _control_unit(form: dict[str, Any], index: int, *, has_init_image: bool) -> dict[str, Any]:
+    unit = f"ControlNet Unit {index}"
+    picture = form.get(control_field(index, "image"))
+    if picture is None and not has_init_image:
+        raise BrushworkError(f"{unit}: upload a picture to control with (only img2img falls back to its own picture)")
+    model = form.get(control_field(index, "model"))
+    if not model:
+        raise BrushworkError(f"{unit}: pick a ControlNet model (the models folder's ControlNet/; ↻ reloads the list)")
+    return {
+        "model": model,
+        # As uploaded, transparency included: the preprocessors composite it on white, as the extension does.
+        "image": None if picture is None else png_data_url(picture),
+        "weight": _number(form, control_field(index, "weight")),
+        "guidance_start": _number(form, control_field(index, "guidance_start")),
+        "guidance_end": _number(form, control_field(index, "guidance_end")),
+        "control_mode": form.get(control_field(index, "control_mode")) or "Balanced",
+        **control_preprocessing(form, index),
+    }
+
+
+def control_preprocessing(form: dict[str, Any], index: int) -> dict[str, Any]:
+    """Unit `index`'s preprocessor settings as ControlUnit fields; a threshold is None where its module has no
+    such slider (the page hides it, and its leftover value means nothing)."""
+    try:
+        preprocessor = PREPROCESSORS[module_name(form.get(control_field(index, "module")) or "none")]
+    except BrushworkError as error:
+        raise BrushworkError(f"ControlNet Unit {index}: {error}") from None
+    settings: dict[str, Any] = {
+        "module": preprocessor.name,
+        "resize_mode": form.get(control_field(index, "resize_mode")) or "Crop and Resize",
+        "processor_res": _whole(form, control_field(index, "processor_res")),
+        "pixel_perfect": bool(form.get(control_field(index, "pixel_perfect"))),
+    }
+    for name in ("threshold_a", "threshold_b"):
+        has_slider = getattr(preprocessor, name) is not None
+        settings[name] = _number(form, control_field(index, name)) if has_slider else None
+    return settings
 
 
 def mask_from_editor(value: dict[str, Any] | None) -> tuple[Image.Image | None, Image.Image | None]:

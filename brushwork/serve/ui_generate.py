@@ -22,6 +22,7 @@ from brushwork.errors import BrushworkError
 from brushwork.infotext import parse_infotext
 from brushwork.recipe import MaskedContent, ResizeMode
 from brushwork.serve.jobs import Job, JobService, JobState
+from brushwork.serve.ui_control import control_accordion
 from brushwork.serve.ui_forms import (
     AUTOMATIC, IMG2IMG_FIELDS, INPAINT_AREAS, MASK_MODES, SAME_SAMPLER, TXT2IMG_FIELDS, error_html,
     form_from_recipe, progress_html, random_seed, recipe_from_form, reuse_seed,
@@ -116,6 +117,7 @@ def generation_tab(studio: Studio, browser: gr.BrowserState, kind: str) -> Gener
                 _hires_controls(studio, c)
             else:
                 _img2img_controls(c)
+            control_names = control_accordion(studio, c, kind)
         with gr.Column(scale=1):
             progress = gr.HTML(elem_id=f"{kind}-progress")
             results = gr.Gallery(label="Results", columns=2, height=480, format="png", interactive=False,
@@ -123,7 +125,7 @@ def generation_tab(studio: Studio, browser: gr.BrowserState, kind: str) -> Gener
             infotext = gr.Textbox(label="Generation info", lines=4, interactive=False, elem_id=f"{kind}-info")
     job_id, records, last_seed = gr.State(None), gr.State([]), gr.State(None)
 
-    fields = TXT2IMG_FIELDS if kind == "txt2img" else IMG2IMG_FIELDS
+    fields = (TXT2IMG_FIELDS if kind == "txt2img" else IMG2IMG_FIELDS) + control_names
     outputs = [progress, results, infotext, job_id, records, last_seed]
 
     def run(request: gr.Request, browser_id: str, *values: Any) -> Iterator[dict]:

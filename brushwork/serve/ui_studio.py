@@ -57,6 +57,10 @@ class Studio:
     def vaes(self) -> list[str]:
         return [entry.name for entry in self.store.entries("vae")]
 
+    def controlnets(self) -> list[str]:
+        """ControlNets and T2I-Adapters: files and diffusers folders in ControlNet/ (not its annotators/)."""
+        return [entry.name for entry in self.store.entries("controlnet")]
+
     def image_upscalers(self) -> list[str]:
         return self.upscalers.names()
 

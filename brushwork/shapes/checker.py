@@ -283,6 +283,13 @@ def _detect(pixels: np.ndarray, background: BackgroundModel) -> list[DetectedObj
     return sorted((o for o in objects if o is not None), key=lambda o: -o.area)
 
 
+def foreground(image: Image.Image | np.ndarray) -> np.ndarray:
+    """The pixels that are not background (a boolean HxW mask): where the painted objects lie."""
+    pixels = _to_array(image)
+    background = model_background(pixels)
+    return background.distance > background.threshold
+
+
 def detect(image: Image.Image | np.ndarray) -> list[DetectedObject]:
     """Every object in an RGB picture (PIL image or HxWx3 uint8 array), largest first."""
     pixels = _to_array(image)

@@ -3,7 +3,8 @@ extra-batch-images.
 
 txt2img and img2img are synchronous, as in A1111: the request goes through the same job queue as every
 other (same fairness, same crash safety) and the answer comes when its job ends. An interrupted job
-answers with the pictures made before the interruption, as A1111 does.
+answers with the pictures made before the interruption, as A1111 does. With ControlNet units (the extension's
+alwayson script, sdapi_controlnet.py) the answer ends with their detected maps, as the extension's does.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from brushwork.output import encode_as_sample, next_output_path
 from brushwork.recipe import Recipe
 from brushwork.serve.api.info import read_info_from_bytes
 from brushwork.serve.api.sdapi_adapter import a1111_wording, img2img_recipe, info_json, png_info_parameters, txt2img_recipe
+from brushwork.serve.api.sdapi_controlnet import (
+    check_control_models, check_control_pictures, control_unit_wording, detected_maps,
+)
 from brushwork.serve.api.sdapi_info import A1111_OPTIONS
 from brushwork.serve.api.sdapi_schemas import (
     ExtrasBaseRequest,
@@ -58,16 +62,16 @@ WAIT_SLICE_SECONDS = 5.0  # how often a waiting request looks up from its job to
 def txt2img(body: Txt2ImgRequest, jobs: Jobs, store: Store, settings: ServerSettings, user: User, options: Options,
             upscalers: ImageUpscalers, shutdown: Shutdown) -> ImageResponse:
     recipe = styled(txt2img_recipe(body, options), body, settings)
-    recipe = admit_a1111(recipe, settings.limits, store, upscalers.names())
-    return generate(jobs, recipe, user, body, shutdown, sample_settings(options, settings, "txt2img"))
+    recipe = admit_a1111(recipe, body, settings.limits, store, upscalers.names())
+    return generate(jobs, recipe, user, body, shutdown, sample_settings(options, settings, "txt2img"), upscalers)
 
 
 @router.post("/img2img", response_model=ImageResponse)
 def img2img(body: Img2ImgRequest, jobs: Jobs, store: Store, settings: ServerSettings, user: User, options: Options,
             upscalers: ImageUpscalers, shutdown: Shutdown) -> ImageResponse:
     recipe = styled(img2img_recipe(body, options, upscalers.names()), body, settings)
-    recipe = admit_a1111(recipe, settings.limits, store, upscalers.names())
-    return generate(jobs, recipe, user, body, shutdown, sample_settings(options, settings, "img2img"))
+    recipe = admit_a1111(recipe, body, settings.limits, store, upscalers.names())
+    return generate(jobs, recipe, user, body, shutdown, sample_settings(options, settings, "img2img"), upscalers)
 
 
 @router.get("/progress", response_model=ProgressResponse)
@@ -190,13 +194,18 @@ def styled(recipe: Recipe, body: GenerationRequest, settings: Settings) -> Recip
     return apply_styles_to_recipe(recipe, body.styles, load_styles(settings.data_dir / STYLES_NAME))
 
 
-def admit_a1111(recipe: Recipe, limits: Limits, store: ModelStore, upscalers: list[str]) -> Recipe:
-    """`admit`, its refusals worded with A1111's field names (hr_upscaler, n_iter, init_images ...)."""
+def admit_a1111(recipe: Recipe, body: GenerationRequest, limits: Limits, store: ModelStore,
+                upscalers: list[str]) -> Recipe:
+    """`admit` and the ControlNet units' own checks, refusals worded with A1111's field names (hr_upscaler,
+    n_iter, init_images, alwayson_scripts.controlnet.args[0].image ...)."""
+    check_control_models(recipe, body, store)
     try:
-        return admit(recipe, limits, store, upscalers)
+        recipe = admit(recipe, limits, store, upscalers)
     except BrushworkError as error:
-        error.args = (a1111_wording(str(error)),)
+        error.args = (control_unit_wording(a1111_wording(str(error)), body),)
         raise
+    check_control_pictures(recipe, body, limits)
+    return recipe
 
 
 @dataclass(frozen=True)
@@ -219,8 +228,8 @@ def sample_settings(options: WebuiOptions, settings: Settings, mode: str) -> Sam
 
 
 def generate(jobs: JobService, recipe: Recipe, user: str, body: GenerationRequest, shutdown: threading.Event,
-             samples: SampleSettings) -> ImageResponse:
-    """Queue the recipe, wait for its job, answer as A1111 does."""
+             samples: SampleSettings, upscalers: Upscalers) -> ImageResponse:
+    """Queue the recipe, wait for its job, answer as A1111 does (the ControlNet units' detected maps last)."""
     job = wait_for(jobs, jobs.submit(recipe, user).id, shutdown)
     if job.state is JobState.failed:
         # The queue marks bugs "internal error"; anything else is something the request asked for.
@@ -231,6 +240,8 @@ def generate(jobs: JobService, recipe: Recipe, user: str, body: GenerationReques
     if body.save_images:
         save_samples(pictures, job, samples)
     images = [base64.b64encode(picture).decode("ascii") for picture in pictures] if body.send_images else []
+    if body.send_images:
+        images += [sample_base64(image, samples) for image in detected_maps(recipe, body, upscalers.run)]
     parameters = body.model_dump()
     if isinstance(body, Img2ImgRequest) and not body.include_init_images:
         parameters["init_images"], parameters["mask"] = None, None  # A1111 does not echo them back

@@ -19,6 +19,7 @@ from brushwork.errors import RecipeError
 from brushwork.infotext import a1111_parameters, split_infotext
 from brushwork.models.store import ModelStore
 from brushwork.recipe import Recipe
+from brushwork.serve.api.sdapi_controlnet import FIELD as CONTROLNET_ARGS, SCRIPT as CONTROLNET, control_units
 from brushwork.serve.api.sdapi_schemas import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from brushwork.serve.deps import WebuiOptions
 from brushwork.serve.jobs import Job
@@ -50,6 +51,7 @@ A1111_NAMES = {
     "sd_upscale.overlap": "script_args[1] (overlap)", "sd_upscale.upscaler": "script_args[2] (upscaler)",
     "sd_upscale.scale": "script_args[3] (scale)", "sd_upscale.batch_size": "batch_size",
     "restore_faces": "restore_faces", "codeformer_weight": "override_settings.code_former_weight",
+    "control_units": CONTROLNET_ARGS,
 }
 # The A1111 scripts this server runs, by A1111's name for them (the lower-cased title), per route.
 SD_UPSCALE = "sd upscale"
@@ -76,11 +78,14 @@ def sampler_name(name: str | None, scheduler: str | None) -> str:
 
 
 def check_unsupported(request: GenerationRequest) -> None:
-    """Refuse A1111 features brushwork does not have, unless they are at their neutral value."""
+    """Refuse A1111 features brushwork does not have, unless they are at their neutral value. The one alwayson
+    script brushwork runs is the ControlNet extension's (sdapi_controlnet.py)."""
+    scripts = [name for name, value in request.alwayson_scripts.items()
+               if name.lower() != CONTROLNET and isinstance(value, dict) and value.get("args")]
     unsupported = {
         "subseed_strength": request.subseed_strength != 0,
         "refiner_checkpoint": request.refiner_checkpoint not in SAME,
-        "alwayson_scripts": any(isinstance(v, dict) and v.get("args") for v in request.alwayson_scripts.values()),
+        f"alwayson_scripts ({', '.join(scripts)})": bool(scripts),
     }
     if isinstance(request, Txt2ImgRequest):
         unsupported["hr_checkpoint_name"] = request.hr_checkpoint_name not in SAME
@@ -234,7 +239,7 @@ def _common_fields(request: GenerationRequest, options: WebuiOptions) -> dict[st
         "steps": request.steps, "cfg_scale": request.cfg_scale, "width": request.width // 8 * 8,
         "height": request.height // 8 * 8,
         "batch_size": request.batch_size, "batch_count": request.n_iter, "tiling": bool(request.tiling),
-        **overrides(request, options),
+        "control_units": control_units(request), **overrides(request, options),
     }
 
 
@@ -263,7 +268,8 @@ def info_json(job: Job) -> str:
     first = job.images[0] if job.images else None
     params = split_infotext(first.infotext)[2] if first else {}
     count = max(1, len(job.images))
-    extra = {key: value for key, value in params.items() if key.startswith(("Denoising", "Hires", "Mask", "Masked", "Inpaint", "SD upscale", "CodeFormer"))}
+    extra = {key: value for key, value in params.items()
+             if key.startswith(("Denoising", "Hires", "Mask", "Masked", "Inpaint", "SD upscale", "CodeFormer", "ControlNet"))}
     return json.dumps({
         "prompt": recipe.prompt, "all_prompts": [recipe.prompt] * count,
         "negative_prompt": recipe.negative_prompt, "all_negative_prompts": [recipe.negative_prompt] * count,
