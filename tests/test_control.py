@@ -218,7 +218,8 @@ def test_controlnet_folder_lists_files_and_diffusers_folders_but_not_annotators(
     (root / "ControlNet" / "annotators").mkdir(exist_ok=True)
     (root / "ControlNet" / "annotators" / "ControlNetHED.pth").write_bytes(b"weights")
     names = [entry.name for entry in ModelStore(root).entries("controlnet") if not entry.embedded]
-    assert names == ["blobs.safetensors", "edges", "t2iadapter_tiny", "xl"]
+    assert {"blobs.safetensors", "edges", "t2iadapter_tiny", "xl"} <= set(names)
+    assert names == sorted(names) and not any(name.startswith("annotators") for name in names)
 
 
 def test_grouped_batch_mixing_jobs_with_and_without_units_paints_each_as_alone(models, pictures):
@@ -231,3 +232,25 @@ def test_grouped_batch_mixing_jobs_with_and_without_units_paints_each_as_alone(m
     for recipe, result in zip((with_unit, without, other_unit), grouped):
         alone = np.asarray(engine.run(recipe).images[0].image, dtype=np.int16)
         assert np.abs(np.asarray(result.images[0].image, dtype=np.int16) - alone).max() <= 1
+
+
+def test_original_layout_file_paints_as_its_diffusers_folder_and_units_work_in_inpainting(models, pictures, tmp_path):
+    root, _ = models
+    folder = root / "ControlNet"
+    write_tiny_controlnet(folder / "twin-original.safetensors", family="sd1", layout="original", seed=5)
+    write_tiny_controlnet(folder / "twin-folder", family="sd1", layout="folder", seed=5)
+    recipe = _recipe("tiny-sd1", [], batch_size=1)
+    original = _ours(root, recipe.model_copy(update={"control_units": [ControlUnit(model="twin-original", image=pictures[0])]}))
+    diffusers_folder = _ours(root, recipe.model_copy(update={"control_units": [ControlUnit(model="twin-folder", image=pictures[0])]}))
+    assert np.array_equal(original, diffusers_folder)
+
+    # An inpainting checkpoint's U-Net takes 9 channels; its ControlNet reads the 4 latent ones.
+    write_tiny_checkpoint("sd1-inpaint", root / "Stable-diffusion" / "tiny-inpaint.safetensors")
+    mask = tmp_path / "mask.png"
+    Image.new("L", (64, 64), 0).save(mask)
+    ImageDraw.Draw(image := Image.open(mask)).rectangle((16, 16, 48, 48), fill=255)
+    image.save(mask)
+    for model in ("tiny-sd1", "tiny-inpaint"):
+        inpaint = _recipe(model, [], batch_size=1, init_image=pictures[1], mask=str(mask), denoising_strength=0.9)
+        controlled = _ours(root, inpaint.model_copy(update={"control_units": [ControlUnit(model="edges", image=pictures[0])]}))
+        assert np.abs(controlled - _ours(root, inpaint)).max() > 3
