@@ -70,13 +70,19 @@ def server_connections() -> Iterator[list[str]]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, server_connections) -> Iterator[tuple[str, object]]:
     """The whole app (API + UI) served by uvicorn in a thread: (base URL, app)."""
-    from brushwork.serve.ui import mount
-
     root = tmp_path_factory.mktemp("ui-browser")
     (root / "models" / "Stable-diffusion").mkdir(parents=True)
     components = write_tiny_checkpoint("sd1", root / "models" / "Stable-diffusion" / "tiny.safetensors")
     (root / "models" / "Lora").mkdir()
     save_file(kohya_file(components, lora_factors(), seed=1), root / "models" / "Lora" / "ink.safetensors")
+    yield from serve_ui(root)
+
+
+def serve_ui(root: Path) -> Iterator[tuple[str, object]]:
+    """The whole app (API + UI) over `root`'s models/ and data/, served by uvicorn on 127.0.0.1 in a thread
+    while the generator is suspended: yields (base URL, app)."""
+    from brushwork.serve.ui import mount
+
     settings = Settings(models_dir=root / "models", data_dir=root / "data", basic_auth={USER: PASSWORD},
                         limits=Limits(max_pixels=256 * 256, max_steps=60, max_batch=4, max_image_side=512))
     app = create_app(settings, store=ModelStore(root / "models", hash_cache=root / "hashes.json"), ui=mount)

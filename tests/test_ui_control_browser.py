@@ -10,24 +10,18 @@ through the API. Screenshots go to `test-artifacts/ui-controlnet*.png`.
 from __future__ import annotations
 
 import re
-import threading
-import time
 from typing import Iterator
 
 import httpx
 import pytest
 from PIL import Image
 
-from brushwork.models.store import ModelStore
-from brushwork.serve.app import create_app
-from brushwork.serve.settings import Limits, Settings
 from test_ui_browser import (  # noqa: F401 (browser: a fixture)
-    ARTIFACTS, PASSWORD, USER, browser, free_port, generate_one, signed_in_context,
+    ARTIFACTS, PASSWORD, USER, browser, generate_one, serve_ui, signed_in_context,
 )
 from tiny_controls import write_tiny_controlnet
 from tiny_models import write_tiny_checkpoint
 
-import uvicorn  # noqa: E402
 from playwright import sync_api  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -36,28 +30,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[tuple[str, object]]:
     """The whole app (API + UI) with a tiny checkpoint and ControlNet, served by uvicorn in a thread."""
-    from brushwork.serve.ui import mount
-
     root = tmp_path_factory.mktemp("ui-control-browser")
     (root / "models" / "Stable-diffusion").mkdir(parents=True)
     write_tiny_checkpoint("sd1", root / "models" / "Stable-diffusion" / "tiny.safetensors")
     write_tiny_controlnet(root / "models" / "ControlNet" / "edges", family="sd1", layout="folder", seed=1)
-    settings = Settings(models_dir=root / "models", data_dir=root / "data", basic_auth={USER: PASSWORD},
-                        limits=Limits(max_pixels=256 * 256, max_steps=60, max_batch=4, max_image_side=512))
-    app = create_app(settings, store=ModelStore(root / "models", hash_cache=root / "hashes.json"), ui=mount)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="ui-control-test-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.1)
-    try:
-        yield f"http://127.0.0.1:{port}", app
-    finally:
-        server.should_exit = True
-        thread.join(60)
+    yield from serve_ui(root)
 
 
 def pick(page, dropdown: str, option: str) -> None:

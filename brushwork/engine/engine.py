@@ -260,8 +260,6 @@ class Engine:
                           started: float, on_progress, should_stop,
                           batches: Sequence[int] | None) -> Iterator[GeneratedImage]:
         components = model.components
-        device, dtype = self.store.device, self.store.dtype
-
         upscaling = recipe.sd_upscale is not None  # SD upscale: the init picture is split into tiles, not resized
         source = prepare_source(recipe, recipe.width, recipe.height) if recipe.is_img2img and not upscaling else None
         result.notes.extend(source.notes if source else [])

@@ -31,6 +31,7 @@ from brushwork.train.finetune import (
     FineTuneResult,
     Objective,
     RunControls,
+    batch_captions,
     batch_order,
     curated_examples,
     encode_captions,
@@ -140,8 +141,7 @@ def train_controlnet(components: Components, data_dir: Path, output: Path, setti
     def loss_of(micro: int) -> torch.Tensor:
         batch = order(micro)
         generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + micro)
-        captions = [pictures[i].caption if torch.rand((), generator=generator) >= settings.caption_dropout else ""
-                    for i in batch]
+        captions = batch_captions(pictures, batch, generator, settings.caption_dropout)
         noisy, timesteps, target = objective.noisy([pictures[i] for i in batch], generator)
         text = encode_captions(components, captions, [pictures[i].bucket for i in batch])
         hint = torch.stack([controls[i] for i in batch]).to(device)
@@ -155,20 +155,17 @@ def train_controlnet(components: Components, data_dir: Path, output: Path, setti
             state.save("controlnet.pt", {"step": done, "optimization": optimization.state_dict(),
                                          "controlnet": {k: v.detach().clone() for k, v in controlnet.state_dict().items()}})
 
-    sample_paint = None
-    if paint is not None:
-        first = controls[0]
-
-        def sample_paint(prompt: str, seed: int, size: int) -> Image.Image:
-            picture = Image.fromarray((first.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-            hint = torch.from_numpy(np.asarray(picture.resize((size, size)), dtype=np.float32) / 255.0)
-            hint = hint.permute(2, 0, 1)[None].to(device=device, dtype=unet.dtype)
-            return paint(prompt, seed, size, extensions=lambda: [ControlNetUnit(
-                controlnet, hint, weight=1.0, mode="Balanced", begin=0.0, end=1.0)])
+    def controlled_sample(prompt: str, seed: int, size: int) -> Image.Image:
+        """A sample picture with the ControlNet as it is, controlled by the first pair's control picture."""
+        picture = Image.fromarray((controls[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        hint = torch.from_numpy(np.asarray(picture.resize((size, size)), dtype=np.float32) / 255.0)
+        hint = hint.permute(2, 0, 1)[None].to(device=device, dtype=unet.dtype)
+        return paint(prompt, seed, size, extensions=lambda: [ControlNetUnit(
+            controlnet, hint, weight=1.0, mode="Balanced", begin=0.0, end=1.0)])
 
     result = run_fine_tune("controlnet", start, settings, optimization, loss_of, checkpoint, [controlnet],
                            RunControls(progress, should_stop, on_step), samples=state.folder / "samples",
-                           paint=sample_paint, sample_prompt=settings.sample_prompt or pictures[0].caption,
+                           paint=controlled_sample if paint is not None else None, sample_prompt=settings.sample_prompt or pictures[0].caption,
                            warmup=settings.warmup)
     optimization.finish()
     if optimization.is_main:

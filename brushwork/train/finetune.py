@@ -201,6 +201,12 @@ def sample_hook(folder: Path, paint: Callable[[str, int, int], Image.Image], pro
     return sample
 
 
+def batch_captions(pictures: list[Picture], batch: list[int], generator: torch.Generator, dropout: float) -> list[str]:
+    """The batch's captions, each left out (an empty caption) with probability `dropout`, drawn from `generator`
+    first of a step's draws: the dropped steps train the unconditional prediction CFG subtracts."""
+    return [pictures[i].caption if torch.rand((), generator=generator) >= dropout else "" for i in batch]
+
+
 def shuffled_tags(caption: str, keep: int, generator: torch.Generator) -> str:
     """kohya's shuffle_caption with keep_tokens: the comma-separated tags after the first `keep` in a random
     order drawn from `generator` (so each step's order is fixed by its seed)."""

@@ -29,6 +29,7 @@ from brushwork.train.finetune import (
     NewWord,
     Objective,
     RunControls,
+    batch_captions,
     batch_order,
     curated_examples,
     encode_captions,
@@ -133,8 +134,7 @@ def train_lora(components: Components, data_dir: Path, output: Path, settings: L
     def loss_of(micro: int) -> torch.Tensor:
         batch = order(micro)
         generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + micro)
-        captions = [pictures[i].caption if torch.rand((), generator=generator) >= settings.caption_dropout else ""
-                    for i in batch]
+        captions = batch_captions(pictures, batch, generator, settings.caption_dropout)
         if settings.shuffle_tags:
             captions = [shuffled_tags(caption, settings.keep_tokens, generator) for caption in captions]
         noisy, timesteps, target = objective.noisy([pictures[i] for i in batch], generator)
