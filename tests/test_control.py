@@ -174,6 +174,9 @@ def test_family_mismatch_and_missing_model_are_clear_errors(models, pictures):
         _engine(root).run(_recipe("tiny-sdxl", [ControlUnit(model="edges", image=pictures[0])]))
     with pytest.raises(BrushworkError, match="controlnet 'nothing' not found"):
         _engine(root).run(_recipe("tiny-sd1", [ControlUnit(model="nothing", image=pictures[0])]))
+    with pytest.raises(BrushworkError, match="only masked"):
+        _engine(root).run(_recipe("tiny-sd1", [ControlUnit(model="edges", image=pictures[0])], init_image=pictures[1],
+                                  mask=pictures[0], inpaint_full_res=True))
     with pytest.raises(BrushworkError, match="control_units.0.image: give the unit a picture"):
         _engine(root).run(_recipe("tiny-sd1", [ControlUnit(model="edges")]))
     with pytest.raises(BrushworkError, match="control_units.0.module: .*'sobel'"):

@@ -202,7 +202,7 @@ def unit(**fields) -> dict:
     ("txt2img", {"args": [unit(enabled="yes")]}, 422, ["args[0].enabled"]),
     ("txt2img", {"args": [[True, "canny", "blobs", 1.0]]}, 422, ["args[0]", "positional"]),
     ("txt2img", {"args": [unit()] * 9}, 422, ["alwayson_scripts.controlnet.args", "at most 8"]),
-    ("img2img", {"args": [unit()]}, 422, ["args[0].inpaint_crop_input_image"]),
+    ("img2img", {"args": [unit()]}, 422, ["args[0]", "only masked", "inpaint_full_res"]),
 ])
 def test_bad_units_name_the_field(server, path, body, status, words):
     request = {**GENERATION, "steps": 2, "alwayson_scripts": {"ControlNet": body}}

@@ -64,6 +64,11 @@ class ControlUnits:
 
     def check(self, recipe: Recipe) -> None:
         """Refuse, before any model loads, units that cannot run: no picture, an unknown preprocessor or model."""
+        if recipe.control_units and recipe.mask is not None and recipe.inpaint_full_res:
+            # The extension crops each unit's picture around the mask as the pass crops the init picture; here
+            # the unit would see the whole picture squeezed into the crop.
+            raise RecipeError("control_units: units with 'only masked' inpainting (inpaint_full_res) are not "
+                              "supported; inpaint the whole picture (inpaint_full_res false)")
         for index, unit in enumerate(recipe.control_units):
             if unit.image is None and recipe.init_image is None:
                 raise RecipeError(f"control_units.{index}.image: give the unit a picture (only img2img falls back "

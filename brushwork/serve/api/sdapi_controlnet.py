@@ -115,11 +115,9 @@ def _check_passes(where: str, fields: dict[str, Any], request: GenerationRequest
     if isinstance(request, Txt2ImgRequest) and request.enable_hr and hr_option != ALL_PASSES:
         raise RecipeError(f"{where}.hr_option: {hr_option!r} is not supported by brushwork, whose units act in both "
                           f"passes of the hires fix; send {ALL_PASSES!r}")
-    only_masked = isinstance(request, Img2ImgRequest) and request.mask and request.inpaint_full_res
-    if only_masked and fields.get("inpaint_crop_input_image", True) is not False:
-        raise RecipeError(f"{where}.inpaint_crop_input_image: in 'only masked' inpainting brushwork gives the unit "
-                          "its whole picture, where the extension crops it around the mask; set it to false, or "
-                          "set inpaint_full_res to false")
+    if isinstance(request, Img2ImgRequest) and request.mask and request.inpaint_full_res:
+        raise RecipeError(f"{where}: units with 'only masked' inpainting are not supported by brushwork (the "
+                          "extension crops each unit's picture around the mask); set inpaint_full_res to false")
 
 
 def _picture(where: str, value: Any) -> str | None:
