@@ -123,3 +123,30 @@ def test_inpainting_paints_the_asked_shape_into_the_masked_corner(engine: Engine
         in_corner = all(x < 0.5 and y < 0.5 for x, y in (o.centre for o in verdict.objects))  # fractions of the side
         right += bool(verdict.colour_ok and verdict.shape_ok and verdict.count_ok and in_corner)
     assert right >= 3
+
+
+def test_the_shipped_canny_controlnet_puts_the_circle_where_its_edges_are(tmp_path) -> None:
+    """`brushwork generate "a red circle" --control model=brushwork-shapes-canny,image=EDGES` with no models
+    folder: the painted object lies on the drawn circle's place (IoU >= 0.5 on each of 3 layouts), which the
+    prompt alone does not find (bench/controlnet_proof.py measures 50 layouts)."""
+    from brushwork.shapes import Background, Scene, ShapeObject, render
+    from brushwork.shapes.checker import foreground
+    from brushwork.shapes.draw import render_condition
+
+    layouts = [((0.3, 0.35), 0.2, "blue"), ((0.7, 0.65), 0.16, "white"), ((0.65, 0.3), 0.22, "green")]
+    for number, (centre, radius, background) in enumerate(layouts):
+        circle = ShapeObject(shape="circle", colour="red", size="large", position="centre", centre=centre,
+                             radius=radius, rotation=0.0)
+        scene = Scene(objects=[circle], background=Background(colours=(background,)), caption="a red circle",
+                      mentions=("colour", "shape"))
+        drawing = render(scene, 64)
+        edges = tmp_path / f"edges-{number}.png"
+        render_condition(scene, drawing, "canny").save(edges)
+        target = np.asarray(render_condition(scene, drawing, "mask").convert("L")) > 127
+        argv = ["generate", "a red circle", "--sampler", "Euler", "--steps", "20", "--seed", str(number),
+                "--no-progress", "-o", str(tmp_path / f"out-{number}"), "--control",
+                f"model=brushwork-shapes-canny,image={edges},resize=just"]
+        assert main(argv) == 0
+        painted = foreground(Image.open(next((tmp_path / f"out-{number}").glob("*.png"))).convert("RGB"))
+        overlap = np.logical_and(painted, target).sum() / np.logical_or(painted, target).sum()
+        assert overlap >= 0.5, (number, overlap)
