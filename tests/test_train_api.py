@@ -21,7 +21,7 @@ from brushwork.serve.training import TrainingJob, TrainingQueue, _Live
 from brushwork.train.jobs import TrainRequest
 from brushwork.train.state import TrainingState
 from brushwork.shapes import make_dataset
-from test_api import TEST_LIMITS, assert_clean_error, make_client, read_events, wait_done
+from test_api import TEST_LIMITS, assert_clean_error, data_url, make_client, png_bytes, read_events, wait_done
 from tiny_models import write_tiny_checkpoint
 
 LORA = {"kind": "lora", "dataset": "shapes", "base": "tiny", "steps": 4, "resolution": 64, "rank": 4, "alpha": 4,
@@ -268,3 +268,26 @@ def test_a_dreambooth_checkpoint_arrives_with_its_bases_scaling_and_schedule(mod
     tuned = ModelStore(models_dir).load("own-subject").components
     assert final.with_suffix(".yaml").is_file() and tuned.vae.config.scaling_factor == 0.7
     assert tuned.scheduler_config["beta_end"] == 0.03
+
+
+def test_a_controlnet_job_trains_on_a_datasets_pairs_with_samples_and_controls_at_once(models_dir, tmp_path):
+    data = tmp_path / "data"
+    make_dataset(data / "datasets" / "pairs", 4, seed=5, size=64, split="all", condition="canny")
+    request = {"kind": "controlnet", "dataset": "pairs", "base": "tiny", "steps": 2, "resolution": 64, "lr": 1e-3,
+               "sample_every": 2, "output": "edges"}
+    with make_client(models_dir, data) as client:
+        assert client.get("/api/v1/datasets").json() == [{"name": "pairs", "pictures": 4}]  # not the control pictures
+        response = client.post("/api/v1/train", json=request)
+        assert response.status_code == 202, response.text
+        job_id = response.json()["id"]
+        assert follow(client, job_id)[-1][0] == "done"
+        job = client.get(f"/api/v1/train/{job_id}").json()
+        assert job["output"] == "ControlNet/edges.safetensors" and job["samples"] == ["step-000002.png"]
+        unit = {"model": "edges", "image": data_url(png_bytes((64, 64)))}
+        painted = client.post("/api/v1/jobs", json={"prompt": "a red circle", "steps": 2, "width": 64, "height": 64,
+                                                    "model": "tiny", "control_units": [unit]})
+        assert painted.status_code == 202, painted.text
+        assert wait_done(client, painted.json()["id"])["state"] == "done"  # the new ControlNet is usable at once
+        bad = client.post("/api/v1/train", json=request | {"output": "other", "conditioning": "../datasets"})
+        assert_clean_error(bad, 422, "conditioning")
+    (models_dir / "ControlNet" / "edges.safetensors").unlink()

@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field, ValidationError
 from brushwork.errors import BrushworkError
 from brushwork.models.single_file import sibling_yaml
 from brushwork.models.store import FOLDERS, ModelStore
+from brushwork.train.controlnet import CONDITIONING
 from brushwork.recipe import describe_validation_error
 from brushwork.serve.gallery import now
 from brushwork.serve.jobs import JobState
@@ -190,13 +191,14 @@ class TrainingQueue:
     # -- the service ----------------------------------------------------------------------------------
 
     def datasets(self) -> list[dict]:
-        """The folders training may read, with how many captioned pictures each holds."""
+        """The folders training may read, with how many captioned pictures each holds (a ControlNet's control
+        pictures, in its conditioning/, are not counted)."""
         if not self.datasets_dir.is_dir():
             return []
         found = []
         for folder in sorted(p for p in self.datasets_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             try:
-                pictures = len(scan_folder(folder))
+                pictures = len(scan_folder(folder, exclude=folder / CONDITIONING))
             except (BrushworkError, OSError, ValueError):  # an unreadable folder is listed, not fatal
                 pictures = 0
             found.append({"name": folder.name, "pictures": pictures})
