@@ -451,10 +451,12 @@ def test_train_tab_sends_its_new_words_to_the_request(studio, tmp_path):
     embedding = send(**{"train-kind": "embedding", "train-output": "circle-word", "train-token": "skscircle",
                         "train-init-word": "circle", "train-new-words": "sksdot"})
     assert embedding.kind.value == "embedding" and embedding.new_words == []
+    controlnet = send(**{"train-kind": "controlnet", "train-output": "circle-edges", "train-new-words": "sksdot"})
+    assert controlnet.kind.value == "controlnet" and controlnet.conditioning == "conditioning"
     # A bad entry gets the request's own message, as the API and the CLI give it.
     for text, entry in (("sks/dot", "sks/dot"), ("sksdot,", "")):
         with pytest.raises(gr.Error) as refused:
             send(**{"train-output": "refused", "train-new-words": text})
         assert f"new word {entry!r} (new_words, --new-word): WORD or WORD=INIT" in refused.value.message
-    assert len(training.list_jobs("ui-train-test")) == 3
+    assert len(training.list_jobs("ui-train-test")) == 4
     training.close()

@@ -21,7 +21,8 @@ from brushwork.serve.ui_studio import Studio, gr, readable_errors
 
 FOLLOW_SECONDS = 0.5  # how often a followed job is looked at
 FOLLOW_HOURS = 12  # a browser follows one job at most this long (the job itself runs on regardless)
-KINDS = [("LoRA", "lora"), ("Textual inversion (embedding)", "embedding"), ("DreamBooth (whole model)", "dreambooth")]
+KINDS = [("LoRA", "lora"), ("Textual inversion (embedding)", "embedding"), ("DreamBooth (whole model)", "dreambooth"),
+         ("ControlNet (control pictures in the dataset's conditioning/)", "controlnet")]
 
 
 def status_html(job: TrainingJob | None) -> str:
