@@ -233,10 +233,10 @@ def test_each_tab_has_three_units_and_lists_the_controlnet_folder(studio):
                 and str(block.elem_id).endswith("-tab")]
         assert tabs == ["ControlNet Unit 0", "ControlNet Unit 1", "ControlNet Unit 2"]
         [model] = [block for block in blocks if getattr(block, "elem_id", None) == f"{kind}-control-0-model"]
-        assert [value for _, value in model.choices] == ["edges"] and model.value is None
+        assert [value for _, value in model.choices] == ["edges", "brushwork-shapes-canny.safetensors"] and model.value is None
         [module] = [block for block in blocks if getattr(block, "elem_id", None) == f"{kind}-control-0-module"]
         assert [value for _, value in module.choices] == list(PREPROCESSORS)
-    assert studio.controlnets() == ["edges"]
+    assert studio.controlnets() == ["edges", "brushwork-shapes-canny.safetensors"]  # the folder's, then the shipped one
 
 
 def test_preview_handler_shows_the_map_and_errors_readably(studio):
