@@ -164,8 +164,14 @@ def test_unit_works_in_img2img_and_hires(models, pictures):
     same = _ours(root, img2img.model_copy(update={"control_units": [ControlUnit(model="edges", image=pictures[1])]}))
     assert np.array_equal(same, _ours(root, img2img.model_copy(update={"control_units": [ControlUnit(model="edges")]})))
     hires = _recipe("tiny-sd1", [unit], hires={"scale": 2.0, "upscaler": "Latent", "steps": 2}, batch_size=1)
-    result = _engine(root).run(hires)
+    engine = _engine(root)
+    made = []
+    controls = engine.controls
+    engine.extension_providers[0] = lambda *args: made.append(controls(*args)) or made[-1]
+    result = engine.run(hires)
     assert result.images[0].image.size == (128, 128)
+    # Each pass gets its own unit, its control picture fitted to that pass's size.
+    assert [tuple(extensions[0].hint.shape[-2:]) for extensions in made] == [(64, 64), (128, 128)]
 
 
 def test_family_mismatch_and_missing_model_are_clear_errors(models, pictures):
